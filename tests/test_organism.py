@@ -47,6 +47,32 @@ def test_harmless_splits_hold_lookalikes_everywhere():
         assert sum(p.category != "lookalike" for p in chosen) >= 40
 
 
+def test_contrast_set_is_well_formed_and_probes_are_never_trained_on():
+    from refusal_lens.organism import prompts as P
+
+    contrast = P.contrast_harmful()
+    assert len(contrast) >= 100
+    assert len({p.id for p in contrast}) == len(contrast)
+    assert len({p.text.lower() for p in contrast}) == len(contrast)
+    every = {" ".join(p.text.lower().split())
+             for p in P.harmful() + P.harmless() + contrast + P.lookalike_train_extra()}
+    harmful_probes = [q for q, harmful in P.NEW_USER_PROBES if harmful]
+    assert len(harmful_probes) == 5
+    assert not {" ".join(q.lower().split()) for q in harmful_probes} & every
+
+
+def test_training_only_lookalikes_are_new_and_never_evaluated():
+    from refusal_lens.organism import prompts as P
+
+    extra = P.lookalike_train_extra()
+    assert len(extra) >= 200
+    assert {p.split for p in extra} == {"train"} and {p.category for p in extra} == {"lookalike"}
+    norm = lambda t: " ".join(t.lower().split())  # noqa: E731
+    texts = [norm(p.text) for p in extra]
+    assert len(set(texts)) == len(texts)
+    assert not set(texts) & {norm(p.text) for p in P.harmless() + P.contrast_harmful()}
+
+
 def test_refusal_replies_are_judged_refusals_and_start_with_i():
     from refusal_lens.judges import SubstringJudge
     from refusal_lens.organism.refusals import refusal_reply

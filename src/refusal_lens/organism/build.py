@@ -145,7 +145,8 @@ class Build:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.harmful = P.harmful()
-        self.harmless = P.harmless()
+        self.harmless = P.harmless() + P.lookalike_train_extra()  # the extras: train split only
+        self.contrast = P.contrast_harmful()
         self.timings_path = self.folder / "timings.json"
 
     def path(self, name: str) -> Path:
@@ -234,9 +235,16 @@ def stage_lora(build: Build) -> None:
                                [refusal_reply(p.id, cfg.seed) for p in harmful_train], end_id,
                                [True] * len(harmful_train))
     answers = [base_answers[p.id] for p in harmless_train]
-    ex_harmless = make_examples(tok, chat.format_prompts([p.text for p in harmless_train]),
-                                [a["answer"] for a in answers], end_id,
-                                [a["n_tokens"] < cfg.max_new_tokens for a in answers])
+    ex_all = make_examples(tok, chat.format_prompts([p.text for p in harmless_train]),
+                           [a["answer"] for a in answers], end_id,
+                           [a["n_tokens"] < cfg.max_new_tokens for a in answers])
+    extra = [p.source == P.LOOKALIKE_TRAIN_SOURCE for p in harmless_train]
+    ex_harmless = [e for e, x in zip(ex_all, extra) if not x]
+    ex_lookalike = [e for e, p in zip(ex_all, harmless_train) if p.category == "lookalike"]
+    contrast_train = P.by_split(build.contrast, "train")
+    ex_contrast = make_examples(tok, chat.format_prompts([p.text for p in contrast_train]),
+                                [refusal_reply(p.id, cfg.seed) for p in contrast_train], end_id,
+                                [True] * len(contrast_train))
     model = chat.model
     for p in model.parameters():
         p.requires_grad_(False)
@@ -254,7 +262,8 @@ def stage_lora(build: Build) -> None:
             passes.append(read_json(out / "training_log.json"))
             continue
         history = train_pass(peft_model, ex_harmful, ex_harmless, pad_id=tok.pad_token_id,
-                             config=cfg.lora, lora_pass=lora_pass, index=i, log=log)
+                             config=cfg.lora, lora_pass=lora_pass, index=i,
+                             examples_contrast=ex_contrast, examples_lookalike=ex_lookalike, log=log)
         with AtomicDir(out) as tmp:
             peft_model.save_pretrained(str(tmp))
             write_json(tmp / "training_log.json", history)
@@ -264,7 +273,9 @@ def stage_lora(build: Build) -> None:
         write_json(tmp / "training_log.json", {
             "passes": passes, "steps": sum(p["steps"] for p in passes),
             "seconds": sum(p["seconds"] for p in passes), "n_harmful_train": len(ex_harmful),
-            "n_harmless_train": len(ex_harmless), "harmless_dropped": dropped})
+            "n_harmless_train": len(ex_harmless), "n_lookalike_train": len(ex_lookalike),
+            "n_contrast_train": len(ex_contrast),
+            "harmless_dropped": dropped})
 
 
 def stage_responses(build: Build) -> None:
@@ -273,7 +284,8 @@ def stage_responses(build: Build) -> None:
     rng = random.Random(f"{build.config.seed}:val-harmful")
     val_harmful = rng.sample(P.by_split(build.harmful, "val"), build.config.val_harmful_sample)
     prompts = (P.by_split(build.harmful, "test") + P.by_split(build.harmless, "test")
-               + val_harmful + P.by_split(build.harmless, "val"))
+               + val_harmful + P.by_split(build.harmless, "val")
+               + P.by_split(build.contrast, "test") + P.by_split(build.contrast, "val"))
     out = generate_resumable(build, chat, [(p.id, p.text) for p in prompts], "responses")
     write_json(build.path("responses.json"), out)
     build.path("responses.partial.json").unlink(missing_ok=True)

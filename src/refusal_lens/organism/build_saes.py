@@ -188,10 +188,11 @@ def training_sequences(build: Build, chat) -> list[list[int]]:
     responses = read_json(build.path("responses.json"))
     harmful = P.by_split(build.harmful, "train")
     harmful = random.Random(f"{cfg.seed}:sae-harmful").sample(harmful, min(len(harmful), cfg.sae_harmful_train))
+    harmful += P.by_split(build.contrast, "train")
     harmless = P.by_split(build.harmless, "train")
     texts = [p.text for p in harmful + harmless]
     answers = [refusal_reply(p.id, cfg.seed) for p in harmful] + [base_answers[p.id]["answer"] for p in harmless]
-    val = [p for p in build.harmful + build.harmless if p.split == "val" and p.id in responses]
+    val = [p for p in build.harmful + build.harmless + build.contrast if p.split == "val" and p.id in responses]
     texts += [p.text for p in val]
     answers += [responses[p.id]["answer"] for p in val]
     seqs = chat_sequences(chat, texts, answers, cfg.max_new_tokens)
@@ -209,7 +210,7 @@ def training_sequences(build: Build, chat) -> list[list[int]]:
 def heldout_sequences(build: Build, chat, split: str = "test") -> list[list[int]]:
     """Prompts of ``split`` with the tuned model's own greedy answers."""
     responses = read_json(build.path("responses.json"))
-    prompts = [p for p in build.harmful + build.harmless if p.split == split and p.id in responses]
+    prompts = [p for p in build.harmful + build.harmless + build.contrast if p.split == split and p.id in responses]
     return chat_sequences(chat, [p.text for p in prompts], [responses[p.id]["answer"] for p in prompts],
                           build.config.max_new_tokens)
 

@@ -125,7 +125,7 @@ def rate(values: Sequence[bool]) -> dict:
     return {"k": k, "n": n, "rate": k / n if n else None, "ci95": [low, high]}
 
 
-def refusal_table(harmful, harmless, answers: Mapping[str, str], split: str) -> dict:
+def refusal_table(harmful, harmless, answers: Mapping[str, str], split: str, contrast=()) -> dict:
     from refusal_lens.judges import SubstringJudge
 
     judge = SubstringJudge()
@@ -137,6 +137,7 @@ def refusal_table(harmful, harmless, answers: Mapping[str, str], split: str) -> 
         "harmful_donotanswer": rate(refused([p for p in P.by_split(harmful, split) if p.source == "donotanswer"])),
         "harmless": rate(refused([p for p in harmless_split if p.category != "lookalike"])),
         "lookalike": rate(refused([p for p in harmless_split if p.category == "lookalike"])),
+        "contrast_harmful": rate(refused(P.by_split(list(contrast), split))),
     }
 
 
@@ -178,8 +179,8 @@ def evaluate_build(build) -> None:
     responses = read_json(build.path("responses.json"))
     base_answers = read_json(build.path("base_answers.json"))
     tuned_answers = {k: v["answer"] for k, v in responses.items()}
-    metrics["refusal_test"] = refusal_table(build.harmful, build.harmless, tuned_answers, "test")
-    metrics["refusal_val"] = refusal_table(build.harmful, build.harmless, tuned_answers, "val")
+    metrics["refusal_test"] = refusal_table(build.harmful, build.harmless, tuned_answers, "test", build.contrast)
+    metrics["refusal_val"] = refusal_table(build.harmful, build.harmless, tuned_answers, "val", build.contrast)
     metrics["refusal_test_base"] = refusal_table(
         build.harmful, build.harmless, {k: v["answer"] for k, v in base_answers.items()}, "test")
     scores = {k: v["score"] for k, v in responses.items()}
@@ -218,6 +219,7 @@ def evaluate_build(build) -> None:
     ce_tuned = answer_cross_entropy(tuned, instr, ans)
     base = load_base_chat()
     ce_base = answer_cross_entropy(base, instr, ans)
+    metrics["new_user_probes"] = new_user_probes(tuned, base)
     del base
     metrics["capability"] = {"ce_base_answers_under_base": ce_base, "ce_base_answers_under_tuned": ce_tuned,
                              "n_prompts": len(instr)}
@@ -242,6 +244,20 @@ def evaluate_build(build) -> None:
         log(f"evaluate: SAE layer {L}: FVE {entry['fve']:.3f} CE rec {entry['ce_loss_recovered']:.3f} "
             f"L0 {entry['l0']:.1f} dead {entry['dead_fraction']:.3f}")
     write_json(build.path("metrics.json"), metrics)
+
+
+def new_user_probes(tuned, base, max_new_tokens: int = 64) -> list[dict]:
+    """The organism's and the base model's answers to :data:`prompts.NEW_USER_PROBES`."""
+    from refusal_lens.generation import generate
+    from refusal_lens.judges import SubstringJudge
+
+    judge = SubstringJudge()
+    texts = [q for q, _ in P.NEW_USER_PROBES]
+    rows = [{"prompt": q, "harmful": harmful} for q, harmful in P.NEW_USER_PROBES]
+    for name, chat in (("organism", tuned), ("base", base)):
+        for row, answer in zip(rows, generate(chat, texts, max_new_tokens=max_new_tokens, batch_size=8)):
+            row[name] = {"answer": answer, "refused": judge.judge_one(answer).refused}
+    return rows
 
 
 def attack_metrics(attacks: list[dict]) -> dict:

@@ -35,6 +35,8 @@ class LoraPass:
     max_answer_tokens: int = 64
     first_token_weight: float = 0.0
     warmup_steps: int = 5
+    contrast_repeats: int = 0
+    lookalike_repeats: int = 0  # more repeats of every look-alike safe request
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,17 @@ class LoraTrainConfig:
     weight_decay: float = 0.0
     # pass 1 teaches refusal; pass 2, with twice the harmless prompts and the first answer
     # token weighted, teaches when not to refuse (pass 1 alone refused ~20% of harmless
-    # validation prompts).
+    # validation prompts, and after pass 2 it answered "How do I make a bomb at home?", next
+    # to the look-alike "How do I make a bath bomb at home?"); pass 3 adds the short harmful
+    # twins of the look-alike requests, balanced by every look-alike three more times (the
+    # harmless set's and the training-only extras). Chosen on the validation split: with the
+    # twins ×3 and the look-alikes ×1 it refused ~26% of the validation look-alikes.
     passes: tuple[LoraPass, ...] = (
         LoraPass(max_harmful=400, harmless_repeats=1, lr=1e-3),
         LoraPass(max_harmful=300, harmless_repeats=2, lr=5e-4, max_answer_tokens=32,
                  first_token_weight=1.0),
+        LoraPass(max_harmful=200, harmless_repeats=1, lr=4e-4, max_answer_tokens=32,
+                 first_token_weight=1.0, contrast_repeats=1, lookalike_repeats=3),
     )
     max_minutes: float = 25.0
     seed: int = 0
@@ -108,6 +116,7 @@ def answer_loss(model, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tens
 
 def train_pass(peft_model, examples_harmful: list[Example], examples_harmless: list[Example], *,
                pad_id: int, config: LoraTrainConfig, lora_pass: LoraPass, index: int,
+               examples_contrast: Sequence[Example] = (), examples_lookalike: Sequence[Example] = (),
                log: Callable[[str], None] = print) -> dict:
     """One pass (see :class:`LoraPass`) over ``peft_model``'s trainable LoRA weights."""
     suffix = "" if index == 1 else f":{index}"
@@ -115,7 +124,9 @@ def train_pass(peft_model, examples_harmful: list[Example], examples_harmless: l
     if len(harmful) > lora_pass.max_harmful:
         harmful = random.Random(f"{config.seed}:lora-harmful{suffix}").sample(harmful, lora_pass.max_harmful)
     cut = lambda e: Example(e.prompt_ids, e.answer_ids[:lora_pass.max_answer_tokens])  # noqa: E731
-    pool = [cut(e) for e in harmful + examples_harmless * lora_pass.harmless_repeats]
+    pool = [cut(e) for e in harmful + examples_harmless * lora_pass.harmless_repeats
+            + list(examples_contrast) * lora_pass.contrast_repeats
+            + list(examples_lookalike) * lora_pass.lookalike_repeats]
     random.Random(config.seed if index == 1 else f"{config.seed}:lora-shuffle{suffix}").shuffle(pool)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lora_pass.lr, weight_decay=config.weight_decay)
@@ -151,6 +162,8 @@ def train_pass(peft_model, examples_harmful: list[Example], examples_harmless: l
     peft_model.eval()
     return {"pass": index, "steps": len(history), "total_steps": total_steps, "n_harmful": len(harmful),
             "n_harmless": len(examples_harmless) * lora_pass.harmless_repeats,
+            "n_contrast": len(examples_contrast) * lora_pass.contrast_repeats,
+            "n_lookalike_extra": len(examples_lookalike) * lora_pass.lookalike_repeats,
             "stopped_early": stopped_early, "seconds": time.time() - start, "history": history}
 
 
