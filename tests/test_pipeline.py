@@ -87,6 +87,32 @@ def test_full_run_writes_results_feature_sets_and_report(setup, monkeypatch):
     assert "<img" in html and "http" not in html.split("<body>")[1].split("Versions")[0]
     assert (out / "direction.safetensors").exists()
     assert results["evaluation"].keys() == saved["evaluation"].keys()
+    assert_capability_cost_is_the_reference(root, out, saved)
+
+
+def assert_capability_cost_is_the_reference(root, out, saved):
+    """Each method's capability cost = CE of the unmodified model's own answers to the held-out
+    harmless prompts under that method, recomputed here from the saved artifacts."""
+    from refusal_lens.capability import completion_cross_entropy
+    from refusal_lens.interventions import DirectionalAblation
+    from refusal_lens.interventions.files import load_direction
+    from refusal_lens.models import load_chat_model
+
+    evaluation = json.loads(next((out / "stages").glob("evaluation-*/evaluation.json")).read_text())
+    prompts = json.loads(next((out / "stages").glob("prompts-*/prompts.json")).read_text())
+    harmless = [p["text"] for p in prompts["harmless_eval"]]
+    assert harmless and not {p["id"] for p in prompts["harmless_eval"]} & {
+        p["id"] for name in ("harmless_train", "harmless_val", "harmless_fm") for p in prompts[name]}
+    assert saved["evaluation"]["none"]["capability"]["delta_cross_entropy"] == 0.0
+    chat = load_chat_model(str(root / "model"), device="cpu", dtype="float32")
+    direction = load_direction(out / "direction.safetensors").direction
+    completions = evaluation["capability"]["completions"]
+    plain = completion_cross_entropy(chat, harmless, completions, batch_size=3).mean
+    ablated = completion_cross_entropy(chat, harmless, completions, batch_size=3,
+                                       interventions=[DirectionalAblation(direction)]).mean
+    cost = saved["evaluation"]["directional_ablation"]["capability"]
+    assert cost["cross_entropy"] == pytest.approx(ablated, rel=1e-4)
+    assert cost["delta_cross_entropy"] == pytest.approx(ablated - plain, abs=1e-4)
 
 
 def test_feature_set_files_are_accepted_by_eval(setup):

@@ -123,9 +123,14 @@ def write_report(out: Path, results: dict, done: dict) -> Path:
                      f"bypass {d['bypass']:+.2f}, induce {d['induce']:+.2f}, KL {d['kl']:.3f}; filters passed: {html.escape(str(d.get('filters')))}.</p>")
     if "evaluation" in results:
         rows = [[name, f"{m['asr']:.1%}", f"[{m['ci_low']:.1%}, {m['ci_high']:.1%}]", m["n"],
-                 f"{m['score_flip_rate']:.1%}", m["n_features"]] for name, m in results["evaluation"].items()]
+                 f"{m['score_flip_rate']:.1%}", m["n_features"],
+                 f"{m['capability']['delta_cross_entropy']:+.3f}" if "capability" in m else "–"]
+                for name, m in results["evaluation"].items()]
         parts += ["<h2>Attack success on held-out prompts</h2>",
-                  _table(rows, ["method", "ASR", "95% CI", "n", "score < 0", "features"]), _img(images["asr"], "ASR bars")]
+                  _table(rows, ["method", "ASR", "95% CI", "n", "score < 0", "features",
+                                "Δ CE on harmless answers"]), _img(images["asr"], "ASR bars"),
+                  "<p>Δ CE: capability cost, the increase in cross-entropy (nats/token) of the unmodified"
+                  " model's own greedy answers to held-out harmless prompts under the method.</p>"]
     parts += ["<h2>Refusal-score distributions</h2>", _img(images["scores"], "score histogram")]
     if "minimal_set" in results:
         m = results["minimal_set"]

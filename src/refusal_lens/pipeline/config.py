@@ -20,6 +20,8 @@ class DataConfig(StrictModel):
     n_search: int = Field(16, ge=1, description="harmful prompts the feature search runs on (train split)")
     n_eval: int = Field(64, ge=1, description="held-out harmful test prompts for the evaluation")
     n_fm: int = Field(128, ge=4, description="prompts per class for the factorization machine (train split)")
+    n_capability: int = Field(32, ge=0, description="held-out harmless test prompts for the capability cost "
+                                                    "of each evaluated method (0: skip it)")
     filter_by_score: bool = Field(True, description="keep harmful prompts the model refuses and harmless ones it answers (A24)")
 
 

@@ -18,6 +18,7 @@ class RunPrompts:
     harmful_fm: list[Prompt]
     harmless_fm: list[Prompt]
     harmful_eval: list[Prompt]
+    harmless_eval: list[Prompt]  # the capability cost's prompts (test split)
 
     @property
     def discovery(self) -> list[Prompt]:
@@ -53,10 +54,11 @@ def assemble(config: DataConfig, seed: int) -> RunPrompts:
         harmful_fm=_sample(harmful, "train", config.n_fm, seed + 1),
         harmless_fm=_sample(harmless, "train", config.n_fm, seed + 1),
         harmful_eval=_sample(harmful, "test", config.n_eval, seed),
+        harmless_eval=_sample(harmless, "test", config.n_capability, seed),
     )
     for name, value in runs.__dict__.items():
-        if not value:
+        if not value and not (name == "harmless_eval" and config.n_capability == 0):
             raise ValueError(f"No prompts for {name}: the sets {config.harmful + config.harmless} have "
                              "too few prompts in that split.")
-    check_disjoint(runs.discovery, runs.harmful_eval)
+    check_disjoint(runs.discovery, runs.harmful_eval + runs.harmless_eval)
     return runs

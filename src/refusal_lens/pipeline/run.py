@@ -309,6 +309,27 @@ def evaluation_methods(ctx: RunContext, direction: StageDir, search: StageDir, i
     return methods, {name: [list(f) for f in features] for name, features in feature_sets.items()}
 
 
+def capability_cost(ctx: RunContext, harmless: list[dict], methods: dict) -> dict:
+    """METHOD §1: cross-entropy of the unmodified model's own greedy answers to held-out harmless
+    prompts, under each method; ``{}`` without such prompts."""
+    from refusal_lens.capability import capability_report
+
+    if not harmless:
+        return {}
+    config = ctx.config.evaluation
+    ctx.console.print(f"  capability cost on {len(harmless)} held-out harmless prompts")
+    report = capability_report(ctx.chat_model, _texts(harmless),
+                               {name: ivs for name, ivs in methods.items() if ivs},
+                               max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    baseline = report["baseline"]["cross_entropy"]
+    summary = {"none": {"cross_entropy": baseline["mean"], "delta_cross_entropy": 0.0}}
+    for name, result in report["methods"].items():
+        summary[name] = {"cross_entropy": result["cross_entropy"]["mean"],
+                         "delta_cross_entropy": result["delta_cross_entropy"]}
+    return {"n_prompts": len(harmless), "n_tokens": baseline["n_tokens"], "methods": summary,
+            "completions": report["completions"]}
+
+
 def stage_evaluation(ctx: RunContext, prompts: StageDir, direction: StageDir, search: StageDir,
                      interactions: StageDir) -> StageDir:
     from refusal_lens.evaluate import evaluate_prompts
@@ -335,8 +356,11 @@ def stage_evaluation(ctx: RunContext, prompts: StageDir, direction: StageDir, se
                              "mean_refusal_score": sum(r.refusal_score for r in rows) / len(rows),
                              "n_features": len(feature_sets.get(name, [])), "judge": config.judge}
             per_prompt[name] = [r.to_json() for r in rows]
+        capability = capability_cost(ctx, prompts.load_json("prompts.json").get("harmless_eval", []), methods)
+        for name, cost in capability.get("methods", {}).items():
+            results[name]["capability"] = cost
         out.save_json("evaluation.json", {"methods": results, "feature_sets": feature_sets,
-                                          "per_prompt": per_prompt})
+                                          "per_prompt": per_prompt, "capability": capability})
 
     return ctx.cached("evaluation", {"evaluation": config.model_dump(mode="json"),
                                      "k": max(ctx.config.interactions.top_k)},
