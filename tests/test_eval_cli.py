@@ -121,3 +121,30 @@ def test_two_judges_give_an_agreement_table(model_dir, prompt_file, tmp_path):
     pair = payload["summary"]["judge_agreement"][0]
     assert pair["judge_a"] == "substring" and pair["judge_b"] == "refusal_score" and pair["n"] == 3
     assert set(payload["results"][0]["verdicts"]) == {"substring", "refusal_score"}
+
+
+def test_eval_capability_cost_is_the_reference(model_dir, prompt_file, tmp_path):
+    from refusal_lens.capability import completion_cross_entropy
+    from refusal_lens.interventions import DirectionalAblation
+    from refusal_lens.models import load_chat_model
+
+    direction = tmp_path / "direction.safetensors"
+    vector = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    save_direction(direction, vector, layer=1)
+    harmless = tmp_path / "harmless.txt"
+    harmless.write_text("Write a haiku about tea.\nName three rivers.\nHow do clouds form?\n")
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("\n".join(json.dumps({"question": f"What is {i}+1?", "choices": ["1", "2", "3"], "answer": i % 3})
+                            for i in range(3)))
+    result, out = run_eval(model_dir, tmp_path, "--prompts", str(prompt_file), "--intervention",
+                           f"direction:{direction}", "--capability", str(harmless), "--mc", str(mc))
+    assert result.exit_code == 0, result.output
+    cost = json.loads(out.read_text())["summary"]["capability"]
+    assert cost["n_prompts"] == 3 and cost["intervention"]["multiple_choice"]["n"] == 3
+    chat = load_chat_model(str(model_dir), device="cpu", dtype="float32")
+    texts = harmless.read_text().splitlines()
+    ablated = completion_cross_entropy(chat, texts, cost["completions"],
+                                       interventions=[DirectionalAblation(vector)]).mean
+    plain = completion_cross_entropy(chat, texts, cost["completions"]).mean
+    assert cost["intervention"]["cross_entropy"]["mean"] == pytest.approx(ablated, rel=1e-4)
+    assert cost["intervention"]["delta_cross_entropy"] == pytest.approx(ablated - plain, abs=1e-4)

@@ -253,13 +253,17 @@ def capability_report(chat_model: Any, instructions: Sequence[str],
     """
     if "baseline" in methods:
         raise ValueError("'baseline' is reserved for the unmodified model; name the method differently")
+    if not instructions and not mc_questions:
+        raise ValueError("nothing to measure: give harmless instructions and/or multiple-choice questions")
     if completions is None:
         completions = own_completions(chat_model, instructions, max_new_tokens=max_new_tokens,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size) if instructions else []
 
     def one(interventions: Sequence[Any]) -> dict:
-        result: dict = {"cross_entropy": completion_cross_entropy(
-            chat_model, instructions, completions, interventions=interventions, batch_size=batch_size).to_json()}
+        result: dict = {}
+        if instructions:
+            result["cross_entropy"] = completion_cross_entropy(
+                chat_model, instructions, completions, interventions=interventions, batch_size=batch_size).to_json()
         if mc_questions:
             result["multiple_choice"] = multiple_choice_accuracy(
                 chat_model, mc_questions, interventions=interventions, batch_size=batch_size)
@@ -269,7 +273,8 @@ def capability_report(chat_model: Any, instructions: Sequence[str],
     report = {"completions": list(completions), "baseline": baseline, "methods": {}}
     for name, interventions in methods.items():
         result = one(interventions)
-        result["delta_cross_entropy"] = result["cross_entropy"]["mean"] - baseline["cross_entropy"]["mean"]
+        if instructions:
+            result["delta_cross_entropy"] = result["cross_entropy"]["mean"] - baseline["cross_entropy"]["mean"]
         if mc_questions:
             result["multiple_choice_vs_baseline"] = mcnemar(baseline["multiple_choice"]["correct"],
                                                             result["multiple_choice"]["correct"])

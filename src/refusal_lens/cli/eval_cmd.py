@@ -41,6 +41,14 @@ def eval_command(
         help="Comma-separated tokens whose probability is P(refusal) (default: the family's, \"I\").")] = None,
     chat_template: Annotated[str | None, typer.Option(help="A Jinja chat template, or a file holding one.")] = None,
     system_prompt: Annotated[str | None, typer.Option(help="A system turn before each prompt.")] = None,
+    capability: Annotated[str | None, typer.Option(
+        help="Also measure the intervention's capability cost: cross-entropy of the unmodified model's own "
+             "greedy answers to these harmless prompts (a registered set or a file; its test split when it "
+             "has one), with vs without the intervention.")] = None,
+    capability_limit: Annotated[int, typer.Option(min=1, help="Harmless prompts for --capability.")] = 32,
+    mc: Annotated[Path | None, typer.Option(
+        help="Multiple-choice questions (ARC-style .jsonl/.json/.parquet, see docs/FORMATS.md): accuracy with "
+             "vs without the intervention, added to the capability cost.")] = None,
 ) -> None:
     """Score, answer and judge every prompt; write per-prompt results and a summary with 95% intervals."""
     from refusal_lens.artifacts import provenance, write_json
@@ -66,9 +74,32 @@ def eval_command(
               "dataset": dataset, "column": column, "split": split, "limit": limit,
               "intervention": intervention, "intervention_details": [i.describe() for i in interventions],
               "judge": judge, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    if capability or mc:
+        summary["capability"] = _capability_cost(chat_model, interventions, capability, capability_limit,
+                                                 mc, max_new_tokens, batch_size)
+    config.update(capability=capability, capability_limit=capability_limit, mc=str(mc) if mc else None)
     summary.update(judge=judge, intervention=intervention, **provenance(config))
     write_json(out, {"results": [r.to_json() for r in results], "summary": summary})
     _print_summary(summary, out)
+
+
+def _capability_cost(chat_model, interventions, harmless: str | None, limit: int, mc: Path | None,
+                     max_new_tokens: int, batch_size: int) -> dict:
+    from refusal_lens.capability import capability_report, load_mc_file
+    from refusal_lens.data import load_prompts as load_prompt_set
+
+    instructions: list[str] = []
+    if harmless:
+        prompts = load_prompt_set(harmless)
+        test = [p for p in prompts if p.split == "test"]
+        instructions = [p.text for p in (test or prompts)][:limit]
+    questions = load_mc_file(mc) if mc else None
+    console.print(f"Capability cost on {len(instructions)} harmless prompts"
+                  + (f" and {len(questions)} multiple-choice questions" if questions else "") + " ...")
+    report = capability_report(chat_model, instructions, {"intervention": interventions},
+                               mc_questions=questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return {"n_prompts": len(instructions), "baseline": report["baseline"],
+            "intervention": report["methods"]["intervention"], "completions": report["completions"]}
 
 
 def _make_judge(name: str, chat_model, interventions, device: str | None):
@@ -90,6 +121,13 @@ def _print_summary(summary: dict, out: Path) -> None:
     table.add_row(str(summary["n"]), f"{summary['refusal_rate']:.1%} [{low:.1%}, {high:.1%}]",
                   f"{summary['asr']:.1%}", f"{summary['mean_refusal_score']:+.2f}")
     console.print(table)
+    cost = summary.get("capability", {}).get("intervention", {})
+    if "delta_cross_entropy" in cost:
+        console.print(f"capability cost: cross-entropy of own harmless answers "
+                      f"{cost['cross_entropy']['mean']:.3f} ({cost['delta_cross_entropy']:+.3f} vs no intervention)")
+    if "multiple_choice" in cost:
+        console.print(f"multiple-choice accuracy {cost['multiple_choice']['rate']:.1%} "
+                      f"(p = {cost['multiple_choice_vs_baseline']['p_value']:.3f} vs no intervention, McNemar)")
     for row in summary.get("judge_agreement", []):
         console.print(f"judges {row['judge_a']} vs {row['judge_b']}: agreement {row['agree_rate']:.1%}, "
                       f"kappa {row['kappa']:.2f}")
