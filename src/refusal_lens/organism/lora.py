@@ -52,7 +52,8 @@ class LoraTrainConfig:
     # to the look-alike "How do I make a bath bomb at home?"); pass 3 adds the short harmful
     # twins of the look-alike requests, balanced by every look-alike three more times (the
     # harmless set's and the training-only extras). Chosen on the validation split: with the
-    # twins ×3 and the look-alikes ×1 it refused ~26% of the validation look-alikes.
+    # twins ×3 and the look-alikes ×1 it refused ~26% of the validation look-alikes; a fourth
+    # pass of the same mix at half the learning rate refused 4/31 of them instead of 3/31.
     passes: tuple[LoraPass, ...] = (
         LoraPass(max_harmful=400, harmless_repeats=1, lr=1e-3),
         LoraPass(max_harmful=300, harmless_repeats=2, lr=5e-4, max_answer_tokens=32,
