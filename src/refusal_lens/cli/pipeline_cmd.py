@@ -110,10 +110,14 @@ def print_headline(results: dict, out: Path) -> None:
         console.print(f"Dormant in the shared set on every prompt: {len(d.get('dormant_on_every_prompt') or [])}")
     if "evaluation" in results:
         table = Table(title="Attack success rate on held-out harmful prompts")
-        for column in ("method", "ASR", "95% CI", "n", "features"):
+        for column in ("method", "ASR", "95% CI", "n", "features", "Δ CE harmless"):
             table.add_column(column)
         for name, m in results["evaluation"].items():
+            cost = m.get("capability")
             table.add_row(name, f"{m['asr']:.1%}", f"[{m['ci_low']:.1%}, {m['ci_high']:.1%}]", str(m["n"]),
-                          str(m["n_features"]))
+                          str(m["n_features"]), f"{cost['delta_cross_entropy']:+.3f}" if cost else "–")
         console.print(table)
+        if any("capability" in m for m in results["evaluation"].values()):
+            console.print("Δ CE harmless: capability cost, the rise in cross-entropy (nats/token) of the "
+                          "model's own answers to held-out harmless prompts under the method.")
     console.print(f"Report: [bold]{(out / 'report.html').resolve()}[/]")
