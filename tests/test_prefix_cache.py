@@ -30,3 +30,33 @@ def test_cache_above_an_edited_layer_is_refused(llama):
     cache = build_prefix_cache(llama, PROMPTS, start=3)
     with pytest.raises(ValueError, match="below the cached layer 3"):
         last_logits_from_cache(llama, cache, torch.tensor([0]), [FeatureIntervention(saes, [(2, 1)])])
+
+
+def test_caches_at_several_layers_from_one_pass_equal_one_cache_each(chat_model):
+    from refusal_lens.prefix_cache import build_prefix_caches
+
+    caches = build_prefix_caches(chat_model, PROMPTS, [3, 1, 2])
+    for start, cache in caches.items():
+        single = build_prefix_cache(chat_model, PROMPTS, start=start)
+        assert cache.start == start
+        torch.testing.assert_close(cache.hidden, single.hidden, rtol=0, atol=0)
+        assert torch.equal(cache.attention_mask, single.attention_mask)
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_direction_scores_from_cache_equal_full_forwards(chat_model, layer):
+    """The direction stage's induce score (activation addition at the candidate's layer) read
+    from the harmless residual cached at that layer = the full forward's."""
+    from refusal_lens.pipeline.direction import score_candidate
+
+    direction = torch.randn(chat_model.d_model, generator=torch.Generator().manual_seed(layer)) * 4
+    harmful, harmless = PROMPTS[:2], PROMPTS[2:]
+    clean = last_position_logits(chat_model, harmless)
+    cache = build_prefix_cache(chat_model, harmless, start=layer)
+    full = score_candidate(chat_model, direction, layer, harmful, harmless, clean)
+    fast = score_candidate(chat_model, direction, layer, harmful, harmless, clean, cache)
+    assert fast == pytest.approx(full, rel=1e-4, abs=1e-4)
+    from refusal_lens.scoring import refusal_score_from_logits
+
+    clean_score = refusal_score_from_logits(clean, chat_model.refusal_token_ids).mean().item()
+    assert fast["induce"] != pytest.approx(clean_score, abs=1e-3)  # the addition did something

@@ -51,6 +51,32 @@ def build_prefix_cache(chat_model: ChatModel, instructions: Sequence[str], start
     return PrefixCache(start, captured["hidden"], batch["attention_mask"])
 
 
+@torch.no_grad()
+def build_prefix_caches(chat_model: ChatModel, instructions: Sequence[str],
+                        starts: Sequence[int]) -> dict[int, PrefixCache]:
+    """:func:`build_prefix_cache` at each of ``starts``, from one forward pass that stops after
+    the highest."""
+    batch = chat_model.tokenize(list(instructions))
+    captured: dict[int, torch.Tensor] = {}
+    last = max(starts)
+
+    def capture_at(start: int):
+        def capture(_module, args, kwargs):
+            captured[start] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+            if start == last:
+                raise _Stop
+        return capture
+
+    handles = [chat_model.layers[start].register_forward_pre_hook(capture_at(start), with_kwargs=True)
+               for start in sorted(set(starts))]
+    with hooks_removed_on_exit(handles):
+        try:
+            chat_model.model(**model_inputs(batch), use_cache=False)
+        except _Stop:
+            pass
+    return {start: PrefixCache(start, captured[start], batch["attention_mask"]) for start in starts}
+
+
 def _inner_model(chat_model: ChatModel) -> nn.Module:
     base = chat_model.model.get_base_model() if hasattr(chat_model.model, "get_base_model") else chat_model.model
     return base.model

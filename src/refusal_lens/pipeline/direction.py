@@ -18,6 +18,7 @@ from refusal_lens.activations import residuals
 from refusal_lens.interventions import ActivationAddition, DirectionalAblation
 from refusal_lens.models import ChatModel
 from refusal_lens.pipeline.config import DirectionConfig
+from refusal_lens.prefix_cache import PrefixCache, build_prefix_caches, last_logits_from_cache
 from refusal_lens.progress import batches, make_progress
 from refusal_lens.scoring import last_position_logits, refusal_score_from_logits
 
@@ -63,15 +64,28 @@ def _kl(clean_logits: torch.Tensor, other_logits: torch.Tensor) -> float:
     return (p_log.exp() * (p_log - q_log)).sum(-1).mean().item()
 
 
+CACHED_ROWS_PER_FORWARD = 32
+
+
 def score_candidate(chat_model: ChatModel, direction: torch.Tensor, layer: int, harmful_val: Sequence[str],
-                    harmless_val: Sequence[str], harmless_clean_logits: torch.Tensor) -> dict:
+                    harmless_val: Sequence[str], harmless_clean_logits: torch.Tensor,
+                    harmless_cache: PrefixCache | None = None) -> dict:
+    """Bypass and KL under directional ablation (every layer: full forwards); induce under
+    activation addition at ``layer``, from ``harmless_cache`` (the harmless residual entering
+    ``layer``) when given, which skips the blocks below it."""
     ablate = DirectionalAblation(direction.to(chat_model.device))
     logits = last_position_logits(chat_model, [*harmful_val, *harmless_val], [ablate])
     n = len(harmful_val)
     refusal = chat_model.refusal_token_ids
     bypass = refusal_score_from_logits(logits[:n], refusal).mean().item()
     kl = _kl(harmless_clean_logits, logits[n:])
-    added = last_position_logits(chat_model, harmless_val, [ActivationAddition(direction.to(chat_model.device), layer)])
+    add = ActivationAddition(direction.to(chat_model.device), layer)
+    if harmless_cache is None:
+        added = last_position_logits(chat_model, harmless_val, [add])
+    else:
+        rows = torch.arange(len(harmless_val))
+        added = torch.cat([last_logits_from_cache(chat_model, harmless_cache, chunk, [add])
+                           for chunk in rows.split(CACHED_ROWS_PER_FORWARD)])
     induce = refusal_score_from_logits(added, refusal).mean().item()
     return {"bypass": bypass, "induce": induce, "kl": kl}
 
@@ -89,12 +103,14 @@ def find_direction(chat_model: ChatModel, harmful_train: Sequence[str], harmless
         layers = [L for L in layers if L < config.max_layer_fraction * n_layers]
     means = candidate_directions(chat_model, harmful_train, harmless_train, positions, batch_size)
     clean = last_position_logits(chat_model, harmless_val)
+    caches = build_prefix_caches(chat_model, harmless_val, layers)
     table = []
     with make_progress() as progress:
         task = progress.add_task("direction candidates", total=len(layers) * len(positions))
         for layer in layers:
             for j, position in enumerate(positions):
-                scores = score_candidate(chat_model, means[layer, j], layer, harmful_val, harmless_val, clean)
+                scores = score_candidate(chat_model, means[layer, j], layer, harmful_val, harmless_val, clean,
+                                         caches[layer])
                 table.append({"layer": layer, "position": position, **scores})
                 progress.advance(task)
     best, filters = choose(table, config)
