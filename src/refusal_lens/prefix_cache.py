@@ -34,28 +34,10 @@ class PrefixCache:
 
 
 @torch.no_grad()
-def build_prefix_cache(chat_model: ChatModel, instructions: Sequence[str], start: int) -> PrefixCache:
-    batch = chat_model.tokenize(list(instructions))
-    captured = {}
-
-    def capture(_module, args, kwargs):
-        captured["hidden"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
-        raise _Stop
-
-    handles = [chat_model.layers[start].register_forward_pre_hook(capture, with_kwargs=True)]
-    with hooks_removed_on_exit(handles):
-        try:
-            chat_model.model(**model_inputs(batch), use_cache=False)
-        except _Stop:
-            pass
-    return PrefixCache(start, captured["hidden"], batch["attention_mask"])
-
-
-@torch.no_grad()
 def build_prefix_caches(chat_model: ChatModel, instructions: Sequence[str],
                         starts: Sequence[int]) -> dict[int, PrefixCache]:
-    """:func:`build_prefix_cache` at each of ``starts``, from one forward pass that stops after
-    the highest."""
+    """The residual entering each block of ``starts``, from one forward pass that stops at the
+    highest."""
     batch = chat_model.tokenize(list(instructions))
     captured: dict[int, torch.Tensor] = {}
     last = max(starts)
@@ -75,6 +57,10 @@ def build_prefix_caches(chat_model: ChatModel, instructions: Sequence[str],
         except _Stop:
             pass
     return {start: PrefixCache(start, captured[start], batch["attention_mask"]) for start in starts}
+
+
+def build_prefix_cache(chat_model: ChatModel, instructions: Sequence[str], start: int) -> PrefixCache:
+    return build_prefix_caches(chat_model, instructions, [start])[start]
 
 
 def _inner_model(chat_model: ChatModel) -> nn.Module:
