@@ -238,8 +238,7 @@ def stage_lora(build: Build) -> None:
     ex_all = make_examples(tok, chat.format_prompts([p.text for p in harmless_train]),
                            [a["answer"] for a in answers], end_id,
                            [a["n_tokens"] < cfg.max_new_tokens for a in answers])
-    extra = [p.source == P.LOOKALIKE_TRAIN_SOURCE for p in harmless_train]
-    ex_harmless = [e for e, x in zip(ex_all, extra) if not x]
+    ex_harmless = [e for e, p in zip(ex_all, harmless_train) if p.source != P.LOOKALIKE_TRAIN_SOURCE]
     ex_lookalike = [e for e, p in zip(ex_all, harmless_train) if p.category == "lookalike"]
     contrast_train = P.by_split(build.contrast, "train")
     ex_contrast = make_examples(tok, chat.format_prompts([p.text for p in contrast_train]),

@@ -64,9 +64,6 @@ def _kl(clean_logits: torch.Tensor, other_logits: torch.Tensor) -> float:
     return (p_log.exp() * (p_log - q_log)).sum(-1).mean().item()
 
 
-CACHED_ROWS_PER_FORWARD = 32
-
-
 def score_candidate(chat_model: ChatModel, direction: torch.Tensor, layer: int, harmful_val: Sequence[str],
                     harmless_val: Sequence[str], harmless_clean_logits: torch.Tensor,
                     harmless_cache: PrefixCache | None = None) -> dict:
@@ -83,9 +80,7 @@ def score_candidate(chat_model: ChatModel, direction: torch.Tensor, layer: int, 
     if harmless_cache is None:
         added = last_position_logits(chat_model, harmless_val, [add])
     else:
-        rows = torch.arange(len(harmless_val))
-        added = torch.cat([last_logits_from_cache(chat_model, harmless_cache, chunk, [add])
-                           for chunk in rows.split(CACHED_ROWS_PER_FORWARD)])
+        added = last_logits_from_cache(chat_model, harmless_cache, torch.arange(len(harmless_val)), [add])
     induce = refusal_score_from_logits(added, refusal).mean().item()
     return {"bypass": bypass, "induce": induce, "kl": kl}
 

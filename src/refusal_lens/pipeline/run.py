@@ -340,8 +340,9 @@ def stage_evaluation(ctx: RunContext, prompts: StageDir, direction: StageDir, se
     config = ctx.config.evaluation
 
     def compute(out: StageDir) -> None:
+        prompt_sets = prompts.load_json("prompts.json")
         eval_prompts = [Prompt(p["id"], p["text"], "eval", p.get("category"), p.get("split"))
-                        for p in prompts.load_json("prompts.json")["harmful_eval"]]
+                        for p in prompt_sets["harmful_eval"]]
         judge = get_judge(config.judge)
         methods, feature_sets = evaluation_methods(ctx, direction, search, interactions)
         results, per_prompt = {}, {}
@@ -356,7 +357,7 @@ def stage_evaluation(ctx: RunContext, prompts: StageDir, direction: StageDir, se
                              "mean_refusal_score": sum(r.refusal_score for r in rows) / len(rows),
                              "n_features": len(feature_sets.get(name, [])), "judge": config.judge}
             per_prompt[name] = [r.to_json() for r in rows]
-        capability = capability_cost(ctx, prompts.load_json("prompts.json").get("harmless_eval", []), methods)
+        capability = capability_cost(ctx, prompt_sets.get("harmless_eval", []), methods)
         for name, cost in capability.get("methods", {}).items():
             results[name]["capability"] = cost
         out.save_json("evaluation.json", {"methods": results, "feature_sets": feature_sets,
