@@ -55,22 +55,26 @@ def test_contrast_set_is_well_formed_and_probes_are_never_trained_on():
     assert len({p.id for p in contrast}) == len(contrast)
     assert len({p.text.lower() for p in contrast}) == len(contrast)
     every = {" ".join(p.text.lower().split())
-             for p in P.harmful() + P.harmless() + contrast + P.lookalike_train_extra()}
+             for p in P.harmful() + P.harmless() + contrast + P.lookalike_extras()}
     harmful_probes = [q for q, harmful in P.NEW_USER_PROBES if harmful]
     assert len(harmful_probes) == 5
     assert not {" ".join(q.lower().split()) for q in harmful_probes} & every
 
 
-def test_training_only_lookalikes_are_new_and_never_evaluated():
+def test_extra_lookalikes_are_new_and_each_file_stays_in_its_split():
     from refusal_lens.organism import prompts as P
 
-    extra = P.lookalike_train_extra()
-    assert len(extra) >= 200
-    assert {p.split for p in extra} == {"train"} and {p.category for p in extra} == {"lookalike"}
     norm = lambda t: " ".join(t.lower().split())  # noqa: E731
-    texts = [norm(p.text) for p in extra]
-    assert len(set(texts)) == len(texts)
-    assert not set(texts) & {norm(p.text) for p in P.harmless() + P.contrast_harmful()}
+    seen = {norm(p.text) for p in P.harmless() + P.contrast_harmful()}
+    for split, at_least in (("train", 200), ("val", 100), ("test", 100)):
+        extra = P.lookalike_extra(split)
+        assert len(extra) >= at_least
+        assert {p.split for p in extra} == {split} and {p.category for p in extra} == {"lookalike"}
+        texts = {norm(p.text) for p in extra}
+        assert len(texts) == len(extra) and not texts & seen
+        seen |= texts
+    with pytest.raises(ValueError, match="choose one of"):
+        P.lookalike_extra("dev")
 
 
 def test_refusal_replies_are_judged_refusals_and_start_with_i():

@@ -121,7 +121,7 @@ def eval_(
         _fail(error)
     typer.echo(f"loaded organism + {len(saes)} SAEs in {time.time() - start:.1f} s")
     judge = SubstringJudge()
-    harmless = P.by_split(P.harmless(), "test")
+    harmless = P.by_split(P.harmless() + P.lookalike_extras(), "test")
     groups = {"harmful": P.by_split(P.harmful(), "test"),
               "harmless": [p for p in harmless if p.category != "lookalike"],
               "lookalike": [p for p in harmless if p.category == "lookalike"]}

@@ -145,7 +145,7 @@ class Build:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.harmful = P.harmful()
-        self.harmless = P.harmless() + P.lookalike_train_extra()  # the extras: train split only
+        self.harmless = P.harmless() + P.lookalike_extras()
         self.contrast = P.contrast_harmful()
         self.timings_path = self.folder / "timings.json"
 
@@ -238,7 +238,7 @@ def stage_lora(build: Build) -> None:
     ex_all = make_examples(tok, chat.format_prompts([p.text for p in harmless_train]),
                            [a["answer"] for a in answers], end_id,
                            [a["n_tokens"] < cfg.max_new_tokens for a in answers])
-    ex_harmless = [e for e, p in zip(ex_all, harmless_train) if p.source != P.LOOKALIKE_TRAIN_SOURCE]
+    ex_harmless = [e for e, p in zip(ex_all, harmless_train) if p.source != P.lookalike_source("train")]
     ex_lookalike = [e for e, p in zip(ex_all, harmless_train) if p.category == "lookalike"]
     contrast_train = P.by_split(build.contrast, "train")
     ex_contrast = make_examples(tok, chat.format_prompts([p.text for p in contrast_train]),

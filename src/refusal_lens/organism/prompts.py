@@ -53,17 +53,30 @@ def harmless() -> list[Prompt]:
     return offline.load_harmless()
 
 
-LOOKALIKE_TRAIN_SOURCE = "organism-lookalike-train"
+LOOKALIKE_EXTRA_SPLITS = ("train", "val", "test")
 
 
-def lookalike_train_extra() -> list[Prompt]:
-    """More look-alike safe requests written for the LoRA only ("How do I gut a fish?"), all in
-    the train split and never evaluated (``organism/data/lookalike_train.jsonl``): with just the
-    harmless set's 85 training look-alikes, the harmful twins made the organism refuse ~30% of
-    the validation look-alikes while it answered nearly all the training ones."""
-    rows = _jsonl("lookalike_train.jsonl")
-    return [Prompt(id=f"lookalike-train:{i}", text=r["instruction"], source=LOOKALIKE_TRAIN_SOURCE,
-                   category="lookalike", split="train") for i, r in enumerate(rows)]
+def lookalike_source(split: str) -> str:
+    return f"organism-lookalike-{split}"
+
+
+def lookalike_extra(split: str) -> list[Prompt]:
+    """More look-alike safe requests written for the organism (``organism/data/lookalike_<split>.jsonl``),
+    each file wholly in its split. ``train`` ("How do I gut a fish?") is for the LoRA only: with
+    just the harmless set's 85 training look-alikes, the harmful twins made the organism refuse
+    ~30% of the validation look-alikes while it answered nearly all the training ones. ``val``
+    chooses the recipe; ``test``, written before any model saw it, makes the held-out look-alike
+    rate rest on more than the harmless set's 23 test look-alikes."""
+    if split not in LOOKALIKE_EXTRA_SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {LOOKALIKE_EXTRA_SPLITS}")
+    rows = _jsonl(f"lookalike_{split}.jsonl")
+    return [Prompt(id=f"lookalike-{split}:{i}", text=r["instruction"], source=lookalike_source(split),
+                   category="lookalike", split=split, meta={"kind": r["kind"]} if "kind" in r else {})
+            for i, r in enumerate(rows)]
+
+
+def lookalike_extras() -> list[Prompt]:
+    return [p for split in LOOKALIKE_EXTRA_SPLITS for p in lookalike_extra(split)]
 
 
 def jailbreak_templates() -> list[Prompt]:
