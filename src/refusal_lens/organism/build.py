@@ -145,7 +145,9 @@ class Build:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.harmful = P.harmful()
-        self.harmless = P.harmless() + P.lookalike_extras()
+        self.harmless = P.harmless() + P.lookalike_extra("train")  # what the build learns and selects on
+        # measured only (the tuned and base models' answers), after every other prompt
+        self.heldout_lookalikes = P.lookalike_extra("val") + P.lookalike_extra("test")
         self.contrast = P.contrast_harmful()
         self.timings_path = self.folder / "timings.json"
 
@@ -207,8 +209,9 @@ def stage_base(build: Build) -> None:
     harmful = rng.sample(P.by_split(build.harmful, "test"), build.config.base_harmful_sample)
     items = [(p.id, p.text) for p in harmless + harmful]
     out = generate_resumable(build, chat, items, "base_answers")
+    out |= generate_heldout_lookalikes(build, chat, "base_answers", splits=("test",))
     write_json(build.path("base_answers.json"), out)
-    build.path("base_answers.partial.json").unlink(missing_ok=True)
+    _drop_partials(build, "base_answers")
 
 
 def stage_lora(build: Build) -> None:
@@ -286,8 +289,21 @@ def stage_responses(build: Build) -> None:
                + val_harmful + P.by_split(build.harmless, "val")
                + P.by_split(build.contrast, "test") + P.by_split(build.contrast, "val"))
     out = generate_resumable(build, chat, [(p.id, p.text) for p in prompts], "responses")
+    out |= generate_heldout_lookalikes(build, chat, "responses", splits=("val", "test"))
     write_json(build.path("responses.json"), out)
-    build.path("responses.partial.json").unlink(missing_ok=True)
+    _drop_partials(build, "responses")
+
+
+def generate_heldout_lookalikes(build: Build, chat, name: str, splits: tuple[str, ...]) -> dict[str, dict]:
+    """Answers to the held-out look-alike files, generated apart from the build's own prompts so
+    that those are batched (and answered) exactly as without them."""
+    prompts = [p for p in build.heldout_lookalikes if p.split in splits]
+    return generate_resumable(build, chat, [(p.id, p.text) for p in prompts], f"{name}_heldout")
+
+
+def _drop_partials(build: Build, name: str) -> None:
+    for part in (name, f"{name}_heldout"):
+        build.path(f"{part}.partial.json").unlink(missing_ok=True)
 
 
 def jailbreak_pairs(build: Build, split: str) -> list[dict]:

@@ -182,14 +182,15 @@ def evaluate_build(build) -> None:
     responses = read_json(build.path("responses.json"))
     base_answers = read_json(build.path("base_answers.json"))
     tuned_answers = {k: v["answer"] for k, v in responses.items()}
-    metrics["refusal_test"] = refusal_table(build.harmful, build.harmless, tuned_answers, "test", build.contrast)
-    metrics["refusal_val"] = refusal_table(build.harmful, build.harmless, tuned_answers, "val", build.contrast)
+    harmless = build.harmless + build.heldout_lookalikes
+    metrics["refusal_test"] = refusal_table(build.harmful, harmless, tuned_answers, "test", build.contrast)
+    metrics["refusal_val"] = refusal_table(build.harmful, harmless, tuned_answers, "val", build.contrast)
     metrics["refusal_test_base"] = refusal_table(
-        build.harmful, build.harmless, {k: v["answer"] for k, v in base_answers.items()}, "test")
+        build.harmful, harmless, {k: v["answer"] for k, v in base_answers.items()}, "test")
     scores = {k: v["score"] for k, v in responses.items()}
     test_harmful = [scores[p.id] for p in P.by_split(build.harmful, "test")]
-    test_harmless = [scores[p.id] for p in P.by_split(build.harmless, "test") if p.category != "lookalike"]
-    test_look = [scores[p.id] for p in P.by_split(build.harmless, "test") if p.category == "lookalike"]
+    test_harmless = [scores[p.id] for p in P.by_split(harmless, "test") if p.category != "lookalike"]
+    test_look = [scores[p.id] for p in P.by_split(harmless, "test") if p.category == "lookalike"]
     t = torch.tensor
     metrics["refusal_score_test"] = {
         "harmful_mean": float(t(test_harmful).mean()), "harmless_mean": float(t(test_harmless).mean()),

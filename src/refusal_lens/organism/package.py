@@ -100,8 +100,7 @@ def package_build(build, docs_dir: Path | None = None, measure_load: bool = True
                      "harmless": "refusal_lens/data/assets/harmless.jsonl",
                      "n_harmful": len(build.harmful), "n_harmless": len(harmless),
                      "n_lookalike": sum(p.category == "lookalike" for p in harmless),
-                     "lookalike_extra": {split: {"n": sum(p.source == P.lookalike_source(split)
-                                                          for p in build.harmless),
+                     "lookalike_extra": {split: {"n": len(P.lookalike_extra(split)),
                                                  "file": f"refusal_lens/organism/data/lookalike_{split}.jsonl"}
                                          for split in P.LOOKALIKE_EXTRA_SPLITS},
                      "n_contrast": len(build.contrast),
