@@ -55,13 +55,13 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print the whole man
     typer.echo(f"merged model cache: {cached} ({'present' if (cached / 'config.json').exists() else 'absent: run `refusal-lens organism fetch`'})")
     metrics = m["metrics"]
     for group, r in metrics["refusal_test"].items():
-        typer.echo(f"refusal, test, {group:20s} {r['k']:4d}/{r['n']:<4d} = {r['rate']:.3f} "
+        typer.echo(f"refusal, test, {group:22s} {r['k']:4d}/{r['n']:<4d} = {r['rate']:.3f} "
                    f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
     j = metrics["jailbreaks_test"]["answered"]
-    typer.echo(f"jailbreaks answered (test)           {j['k']:4d}/{j['n']:<4d} = {j['rate']:.3f}")
+    typer.echo(f"jailbreaks answered (test)             {j['k']:4d}/{j['n']:<4d} = {j['rate']:.3f}")
     for name, r in metrics.get("attacks", {}).items():
         a = r["answered"]
-        typer.echo(f"attack {name:29s} {a['k']:4d}/{a['n']:<4d} = {a['rate']:.3f} answered")
+        typer.echo(f"attack {name:31s} {a['k']:4d}/{a['n']:<4d} = {a['rate']:.3f} answered")
     if metrics.get("load_seconds") is not None:
         typer.echo(f"load (fresh process, organism + SAEs): {metrics['load_seconds']:.1f} s")
     for layer, s in metrics["saes_test"].items():
