@@ -229,7 +229,7 @@ def test_model_card_is_rendered_from_the_manifest():
 
     m = manifest()
     test = m["metrics"]["refusal_test"]
-    card = render_card(m, m["metrics"].get("load_seconds"))
+    card = render_card(m)
     assert card == (Path(__file__).parents[1] / "docs" / "ORGANISM.md").read_text()
     for group in ("harmful", "harmless", "lookalike", "lookalike_harmless_set", "lookalike_extra"):
         assert f"{test[group]['k']}/{test[group]['n']}" in card, group

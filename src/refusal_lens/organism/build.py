@@ -146,7 +146,7 @@ class Build:
         random.seed(config.seed)
         self.harmful = P.harmful()
         self.harmless = P.harmless() + P.lookalike_extra("train")  # what the build learns and selects on
-        # measured only (the tuned and base models' answers), after every other prompt
+        # measured only: answered in batches of their own (generate_heldout_lookalikes)
         self.heldout_lookalikes = P.lookalike_extra("val") + P.lookalike_extra("test")
         self.contrast = P.contrast_harmful()
         self.timings_path = self.folder / "timings.json"

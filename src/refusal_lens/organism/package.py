@@ -141,7 +141,7 @@ def package_build(build, docs_dir: Path | None = None, measure_load: bool = True
         from refusal_lens.organism.card import render_card
 
         shutil.copyfile(build.path("refusal_scores.png"), docs / DOCS_HISTOGRAM)
-        (docs / "ORGANISM.md").write_text(render_card(manifest, load_seconds))
+        (docs / "ORGANISM.md").write_text(render_card(manifest))
     write_json(build.path("packaged.json"), {"assets": str(target), "bytes": manifest["total_bytes"],
                                              "load_seconds": load_seconds})
 
