@@ -88,6 +88,22 @@ def test_build_measures_the_heldout_lookalikes_but_never_learns_or_selects_on_th
     assert len(build.heldout_lookalikes) == len(P.lookalike_extra("val")) + len(P.lookalike_extra("test"))
 
 
+def test_build_folder_belongs_to_one_recipe(tmp_path, monkeypatch):
+    from refusal_lens.organism.build import Build, BuildConfig
+
+    import refusal_lens.paths
+
+    monkeypatch.setattr(refusal_lens.paths, "cache_dir", lambda: tmp_path / "cache")
+    default = Build()
+    assert default.folder == tmp_path / "cache" / "organism" / f"build-{default.key}"
+    other = BuildConfig(seed=1)
+    assert Build(config=other).key != default.key  # a changed recipe gets its own folder
+    Build(tmp_path / "mine")
+    assert Build(tmp_path / "mine").key == default.key  # the same recipe resumes
+    with pytest.raises(ValueError, match="another build recipe.*Pass another build folder"):
+        Build(tmp_path / "mine", other)
+
+
 def test_refusal_replies_are_judged_refusals_and_start_with_i():
     from refusal_lens.judges import SubstringJudge
     from refusal_lens.organism.refusals import refusal_reply

@@ -71,7 +71,8 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print the whole man
 
 @organism_app.command()
 def build(
-    build_dir: Optional[Path] = typer.Option(None, help="Working folder (default: <cache>/organism/build)."),
+    build_dir: Optional[Path] = typer.Option(None, help="Working folder (default: <cache>/organism/"
+                                                        "build-<recipe key>: a changed recipe starts afresh)."),
     until: str = typer.Option("package", help="Last stage to run."),
     force: list[str] = typer.Option([], help="Redo these stages even if their output exists."),
     threads: int = typer.Option(0, help="torch threads (0: torch's default; 1 is faster when other "
@@ -82,7 +83,6 @@ def build(
     The last stage overwrites the shipped assets in the package and the model card's histogram.
     """
     from refusal_lens.organism.build import STAGES, Build
-    from refusal_lens.paths import cache_dir
 
     if until not in STAGES:
         _fail(ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}"))
@@ -93,9 +93,13 @@ def build(
         import torch
 
         torch.set_num_threads(threads)
-    folder = build_dir or cache_dir() / "organism" / "build"
-    Build(folder).run(STAGES[:STAGES.index(until) + 1], force=tuple(force))
-    typer.echo(f"build folder: {folder}")
+    try:
+        build = Build(build_dir)
+    except ValueError as e:
+        _fail(e)
+    typer.echo(f"build folder: {build.folder}")
+    build.run(STAGES[:STAGES.index(until) + 1], force=tuple(force))
+    typer.echo(f"build folder: {build.folder}")
 
 
 @organism_app.command("eval")

@@ -17,6 +17,7 @@ output exists; ``--force STAGE`` redoes one):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -137,10 +138,20 @@ def n_answer_tokens(tokenizer, answer: str) -> int:
 
 
 # --- the build ---------------------------------------------------------------------------
+def recipe_key(config: BuildConfig, prompts) -> str:
+    """What a build's outputs depend on: its configuration and every prompt it reads."""
+    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
+    for p in prompts:
+        digest.update(f"{p.id}\t{p.split}\t{p.text}\n".encode())
+    return digest.hexdigest()[:12]
+
+
 class Build:
-    def __init__(self, folder: Path, config: BuildConfig = BuildConfig()):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+    """A build folder: stage outputs of one recipe (config + prompts). ``folder=None`` is
+    ``<cache>/organism/build-<recipe key>``, so a changed recipe starts afresh and an
+    interrupted one resumes."""
+
+    def __init__(self, folder: Path | None = None, config: BuildConfig = BuildConfig()):
         self.config = config
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -149,7 +160,26 @@ class Build:
         # measured only: answered in batches of their own (generate_heldout_lookalikes)
         self.heldout_lookalikes = P.lookalike_extra("val") + P.lookalike_extra("test")
         self.contrast = P.contrast_harmful()
+        self.key = recipe_key(config, self.harmful + self.harmless + self.heldout_lookalikes + self.contrast)
+        if folder is None:
+            from refusal_lens.paths import cache_dir
+
+            folder = cache_dir() / "organism" / f"build-{self.key}"
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._claim_folder()
         self.timings_path = self.folder / "timings.json"
+
+    def _claim_folder(self) -> None:
+        recipe_path = self.folder / "recipe.json"
+        if recipe_path.exists():
+            made_by = read_json(recipe_path)["key"]
+            if made_by != self.key:
+                raise ValueError(
+                    f"{self.folder} holds the outputs of another build recipe (key {made_by}, this one is"
+                    f" {self.key}); its stages would be stale. Pass another build folder, or delete this one.")
+            return
+        write_json(recipe_path, {"key": self.key, "config": asdict(self.config)})
 
     def path(self, name: str) -> Path:
         return self.folder / name
@@ -219,8 +249,9 @@ def stage_lora(build: Build) -> None:
     from peft import PeftModel
 
     from refusal_lens.judges import SubstringJudge
-    from refusal_lens.organism.lora import make_examples, new_lora, train_pass
+    from refusal_lens.organism.lora import hardest, make_examples, new_lora, train_pass
     from refusal_lens.organism.refusals import refusal_reply
+    from refusal_lens.scoring import refusal_scores
 
     cfg = build.config
     base_answers = read_json(build.path("base_answers.json"))
@@ -263,9 +294,19 @@ def stage_lora(build: Build) -> None:
         if out.exists():
             passes.append(read_json(out / "training_log.json"))
             continue
+        ex_hard = []
+        if lora_pass.mines_hard_examples:
+            peft_model.eval()
+            lookalike_train = [p for p in harmless_train if p.category == "lookalike"]
+            harmful_scores = refusal_scores(chat, [p.text for p in harmful_train]).tolist()
+            lookalike_scores = refusal_scores(chat, [p.text for p in lookalike_train]).tolist()
+            ex_hard = ([ex_harmful[j] for j in hardest(harmful_scores, lora_pass.hard_harmful, highest=False)]
+                       + [ex_lookalike[j] for j in hardest(lookalike_scores, lora_pass.hard_lookalikes, highest=True)])
+            log(f"lora pass {i}: {len(ex_hard)} hard examples (refusal scores after pass {i - 1})")
         history = train_pass(peft_model, ex_harmful, ex_harmless, pad_id=tok.pad_token_id,
                              config=cfg.lora, lora_pass=lora_pass, index=i,
-                             examples_contrast=ex_contrast, examples_lookalike=ex_lookalike, log=log)
+                             examples_contrast=ex_contrast, examples_lookalike=ex_lookalike,
+                             examples_hard=ex_hard, log=log)
         with AtomicDir(out) as tmp:
             peft_model.save_pretrained(str(tmp))
             write_json(tmp / "training_log.json", history)
@@ -402,7 +443,8 @@ def main(argv=None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folder", type=Path, nargs="?", default=None,
+                        help="build folder (default: <cache>/organism/build-<recipe key>)")
     parser.add_argument("--until", choices=STAGES, default=STAGES[-1])
     parser.add_argument("--force", nargs="*", default=())
     parser.add_argument("--only", nargs="*", choices=STAGES, default=None,

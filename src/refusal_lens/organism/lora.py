@@ -37,6 +37,16 @@ class LoraPass:
     warmup_steps: int = 5
     contrast_repeats: int = 0
     lookalike_repeats: int = 0  # more repeats of every look-alike safe request
+    # the boundary, as the model stands before this pass: the ``hard_harmful`` harmful train
+    # prompts with the lowest refusal scores and the ``hard_lookalikes`` look-alikes with the
+    # highest, each ``hard_repeats`` more times
+    hard_harmful: int = 0
+    hard_lookalikes: int = 0
+    hard_repeats: int = 0
+
+    @property
+    def mines_hard_examples(self) -> bool:
+        return self.hard_repeats > 0 and (self.hard_harmful > 0 or self.hard_lookalikes > 0)
 
 
 @dataclass(frozen=True)
@@ -121,7 +131,7 @@ def answer_loss(model, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tens
 def train_pass(peft_model, examples_harmful: list[Example], examples_harmless: list[Example], *,
                pad_id: int, config: LoraTrainConfig, lora_pass: LoraPass, index: int,
                examples_contrast: Sequence[Example] = (), examples_lookalike: Sequence[Example] = (),
-               log: Callable[[str], None] = print) -> dict:
+               examples_hard: Sequence[Example] = (), log: Callable[[str], None] = print) -> dict:
     """One pass (see :class:`LoraPass`) over ``peft_model``'s trainable LoRA weights."""
     suffix = "" if index == 1 else f":{index}"
     harmful = examples_harmful
@@ -130,7 +140,8 @@ def train_pass(peft_model, examples_harmful: list[Example], examples_harmless: l
     cut = lambda e: Example(e.prompt_ids, e.answer_ids[:lora_pass.max_answer_tokens])  # noqa: E731
     pool = [cut(e) for e in harmful + examples_harmless * lora_pass.harmless_repeats
             + list(examples_contrast) * lora_pass.contrast_repeats
-            + list(examples_lookalike) * lora_pass.lookalike_repeats]
+            + list(examples_lookalike) * lora_pass.lookalike_repeats
+            + list(examples_hard) * lora_pass.hard_repeats]
     random.Random(config.seed if index == 1 else f"{config.seed}:lora-shuffle{suffix}").shuffle(pool)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lora_pass.lr, weight_decay=config.weight_decay)
@@ -168,7 +179,14 @@ def train_pass(peft_model, examples_harmful: list[Example], examples_harmless: l
             "n_harmless": len(examples_harmless) * lora_pass.harmless_repeats,
             "n_contrast": len(examples_contrast) * lora_pass.contrast_repeats,
             "n_lookalike_extra": len(examples_lookalike) * lora_pass.lookalike_repeats,
+            "n_hard": len(examples_hard) * lora_pass.hard_repeats,
             "stopped_early": stopped_early, "seconds": time.time() - start, "history": history}
+
+
+def hardest(scores: Sequence[float], k: int, *, highest: bool) -> list[int]:
+    """Indices of the ``k`` highest (or lowest) scores, ties broken by index."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i] if highest else scores[i], i))
+    return sorted(order[:k])
 
 
 def new_lora(model, config: LoraTrainConfig):
