@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 T = TypeVar("T")
@@ -16,9 +17,10 @@ def progress_enabled() -> bool:
 
 
 def make_progress() -> Progress:
+    # on stderr, like tqdm: results printed or piped from stdout stay clean
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
-                    disable=not progress_enabled())
+                    console=Console(stderr=True), disable=not progress_enabled())
 
 
 def batches(items: Sequence[T], size: int, description: str | None = None) -> Iterator[list[T]]:
