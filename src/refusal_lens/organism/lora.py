@@ -67,7 +67,8 @@ class LoraTrainConfig:
     # A rebuild with 520 training look-alikes and 300 harmful prompts in pass 3 (chosen on the
     # validation look-alikes) refused 1/123 test look-alikes but only 87.9% of harmful test
     # prompts and 3/57 harmless ones: not shipped (docs/ORGANISM.md, "Recipes tried"); so
-    # was the same with the first answer token weighted +3 (0.893 harmful, 3/57 harmless).
+    # was the same with the first answer token weighted +3 (0.893 harmful, 3/57 harmless),
+    # and at rank 16 (0.921 harmful, 4/123 look-alikes, 3/57 harmless).
     passes: tuple[LoraPass, ...] = (
         LoraPass(max_harmful=400, harmless_repeats=1, lr=1e-3),
         LoraPass(max_harmful=300, harmless_repeats=2, lr=5e-4, max_answer_tokens=32,
