@@ -17,7 +17,6 @@ output exists; ``--force STAGE`` redoes one):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from refusal_lens.artifacts import stable_hash
 from refusal_lens.organism import prompts as P
 from refusal_lens.organism.lora import LoraTrainConfig
 
@@ -140,10 +140,7 @@ def n_answer_tokens(tokenizer, answer: str) -> int:
 # --- the build ---------------------------------------------------------------------------
 def recipe_key(config: BuildConfig, prompts) -> str:
     """What a build's outputs depend on: its configuration and every prompt it reads."""
-    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
-    for p in prompts:
-        digest.update(f"{p.id}\t{p.split}\t{p.text}\n".encode())
-    return digest.hexdigest()[:12]
+    return stable_hash({"config": asdict(config), "prompts": [[p.id, p.split, p.text] for p in prompts]})
 
 
 class Build:
@@ -273,6 +270,7 @@ def stage_lora(build: Build) -> None:
                            [a["answer"] for a in answers], end_id,
                            [a["n_tokens"] < cfg.max_new_tokens for a in answers])
     ex_harmless = [e for e, p in zip(ex_all, harmless_train) if p.source != P.lookalike_source("train")]
+    lookalike_train = [p for p in harmless_train if p.category == "lookalike"]
     ex_lookalike = [e for e, p in zip(ex_all, harmless_train) if p.category == "lookalike"]
     contrast_train = P.by_split(build.contrast, "train")
     ex_contrast = make_examples(tok, chat.format_prompts([p.text for p in contrast_train]),
@@ -297,7 +295,6 @@ def stage_lora(build: Build) -> None:
         ex_hard = []
         if lora_pass.mines_hard_examples:
             peft_model.eval()
-            lookalike_train = [p for p in harmless_train if p.category == "lookalike"]
             harmful_scores = refusal_scores(chat, [p.text for p in harmful_train]).tolist()
             lookalike_scores = refusal_scores(chat, [p.text for p in lookalike_train]).tolist()
             ex_hard = ([ex_harmful[j] for j in hardest(harmful_scores, lora_pass.hard_harmful, highest=False)]
