@@ -43,7 +43,10 @@ def _lookalike_extras(data: dict) -> str:
     return (f" {n['train']} more look-alikes for training only (`organism/data/lookalike_train.jsonl`),"
             f" {n['val']} for choosing the recipe (`lookalike_val.jsonl`) and {n['test']} held out for"
             " the test split (`lookalike_test.jsonl`, written before any model saw them), each file"
-            " wholly in its split.")
+            " wholly in its split."
+            + (f" The LoRA also learns from {data['harmless_train_extra']['n']} generic harmless requests written"
+               " for it alone (`organism/data/harmless_train.jsonl`: advice, role-play, everyday tasks;"
+               " train split, each far from every held-out prompt)." if data.get("harmless_train_extra") else ""))
 
 
 # History, not a measurement of the shipped build: kept here so that the card says why the
