@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from refusal_lens.judges import get_judge
 from refusal_lens.scoring import refusal_scores

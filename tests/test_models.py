@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import PROMPTS, tiny_gemma2, tiny_llama
+from conftest import PROMPTS, tiny_llama
 
 from refusal_lens.models import ChatTemplateError, ModelLoadError, PromptTooLongError, build_chat_model, load_chat_model
 from refusal_lens.models.families import PINNED_DATE

@@ -5,7 +5,7 @@ from conftest import PROMPTS
 from sae_factory import make_sae
 
 from refusal_lens.interventions import FeatureIntervention, FeatureOp
-from refusal_lens.pipeline.search import (SetEvaluator, Track, combine_seeds, greedy_minimal_sets, make_tracks,
+from refusal_lens.pipeline.search import (SetEvaluator, combine_seeds, greedy_minimal_sets, make_tracks,
                                           run_greedy)
 from refusal_lens.prefix_cache import build_prefix_cache
 from refusal_lens.saes import SAESet

