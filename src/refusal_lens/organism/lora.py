@@ -74,7 +74,7 @@ class LoraTrainConfig:
         LoraPass(max_harmful=300, harmless_repeats=2, lr=5e-4, max_answer_tokens=32,
                  first_token_weight=1.0),
         LoraPass(max_harmful=300, harmless_repeats=1, lr=4e-4, max_answer_tokens=32,
-                 first_token_weight=1.0, contrast_repeats=1, lookalike_repeats=3),
+                 first_token_weight=1.0, contrast_repeats=1, lookalike_repeats=5),
     )
     max_minutes: float = 25.0
     seed: int = 0
