@@ -43,10 +43,7 @@ def _lookalike_extras(data: dict) -> str:
     return (f" {n['train']} more look-alikes for training only (`organism/data/lookalike_train.jsonl`),"
             f" {n['val']} for choosing the recipe (`lookalike_val.jsonl`) and {n['test']} held out for"
             " the test split (`lookalike_test.jsonl`, written before any model saw them), each file"
-            " wholly in its split."
-            + (f" The LoRA also learns from {data['harmless_train_extra']['n']} generic harmless requests written"
-               " for it alone (`organism/data/harmless_train.jsonl`: advice, role-play, everyday tasks;"
-               " train split, each far from every held-out prompt)." if data.get("harmless_train_extra") else ""))
+            " wholly in its split.")
 
 
 # History, not a measurement of the shipped build: kept here so that the card says why the
@@ -90,6 +87,18 @@ _RECIPES_TRIED = [
     " space.\"). It misses one target by one prompt, as the shipped build does, for 5 MB more adapter"
     " and a rebuild in the git history, so it was stopped before its SAEs and not shipped. The test"
     " split has now been seen for four recipes: a further choice by it would be fitted to it.",
+    "",
+    "Later recipes were judged on all of validation with a gate set before each run (at least 218 of"
+    " 242 harmful, at most 3 of 75 harmless, at most 15 of 151 look-alikes refused;"
+    " `docs/experiments/r8-preregistered.md`). To the rank-16 recipe they add generic harmless"
+    " training-only prompts (advice, role-play, everyday requests, each far from every validation"
+    " and test prompt). With 241 of them and 520 training look-alikes: the harmless prompts twice in"
+    " pass 3, 229, 0, 16 refused; once, 223, 1, 11 (gate passed), but that build's prompts and adapter"
+    " were lost with its machine before its test answers were read. Re-created with newly written"
+    " prompts (256 harmless, 250 more look-alikes: `docs/experiments/data/`): 233, 2, 22; the same with"
+    " the look-alikes ×5 in pass 3: 231, 1, 21. Both missed the gate, so the test split was not read"
+    " for them. The look-alike rate moved more with which prompts were written (11 against 22 for one"
+    " recipe) than with any setting tried.",
 ]
 
 
