@@ -97,8 +97,9 @@ _RECIPES_TRIED = [
     " were lost with its machine before its test answers were read. Re-created with newly written"
     " prompts (256 harmless, 250 more look-alikes: `docs/experiments/data/`): 233, 2, 22; the same with"
     " the look-alikes ×5 in pass 3: 231, 1, 21. Both missed the gate, so the test split was not read"
-    " for them. The look-alike rate moved more with which prompts were written (11 against 22 for one"
-    " recipe) than with any setting tried.",
+    " for them. The rank-16 recipe with r8's look-alikes and no generic harmless prompts refused 232, 1,"
+    " 24 (with the earlier, lost look-alikes: 231, 2, 10): which look-alikes are written moves the"
+    " rate more than any setting tried.",
 ]
 
 
