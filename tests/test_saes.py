@@ -1,6 +1,5 @@
 """SAE sets: folders on disk, pretrained-release maps, lazy loading, checks against the model."""
 
-
 import pytest
 from sae_factory import make_sae
 
