@@ -50,6 +50,13 @@ def test_eval_writes_results_and_summary(model_dir, prompt_file, tmp_path):
     assert summary["versions"]["transformers"] and summary["config"]["max_new_tokens"] == 4
 
 
+def test_eval_prints_results_on_stdout_and_progress_on_stderr(model_dir, prompt_file, tmp_path):
+    result, _ = run_eval(model_dir, tmp_path, "--prompts", str(prompt_file))
+    assert result.exit_code == 0, result.output
+    assert "refusal rate" in result.stdout and "Results written to" in result.stdout
+    assert "Loading" in result.stderr and "refusal rate" not in result.stderr
+
+
 def test_eval_with_direction_and_features(model_dir, prompt_file, tmp_path):
     direction = tmp_path / "direction.safetensors"
     save_direction(direction, torch.randn(64), layer=1)

@@ -180,6 +180,7 @@ def test_run_cli_with_config_file_and_overrides(setup, tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "cli" / "results.json").read_text())
     assert saved["config"]["seed"] == 1 and "direction" in saved
+    assert "direction: layer" in result.stdout  # results on stdout, so `> out.txt` keeps them
 
 
 def test_bad_config_is_a_clear_error(tmp_path):

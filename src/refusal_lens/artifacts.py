@@ -6,8 +6,10 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -63,6 +65,28 @@ def write_atomic(path: str | Path, writer) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """``with atomic_dir(target) as tmp:`` write a folder into ``tmp``. It replaces ``target``
+    only when the block succeeds and is deleted when it fails, so ``target`` is never half-written."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        # a folder cannot be renamed over a non-empty one: move the old one aside first
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-old-"))
+        os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
 
 
 def write_json(path: str | Path, payload: Any) -> Path:

@@ -11,7 +11,8 @@ from rich.console import Console
 
 from refusal_lens.data.prompts import Prompt
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, status and errors
+results_console = Console()  # results, so that `refusal-lens ... > out.txt` captures them
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'organism', a Hugging Face id, a model folder or a .gguf file.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when present).")]

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from refusal_lens.cli.common import (ColumnOpt, DatasetOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, LimitOpt,
-                                     ModelOpt, PromptsOpt, SplitOpt, console, friendly_errors, load_prompts)
+                                     ModelOpt, PromptsOpt, SplitOpt, console, friendly_errors, load_prompts,
+                                     results_console)
 
 
 def register(app: typer.Typer) -> None:
@@ -119,15 +120,15 @@ def _print_summary(summary: dict, out: Path) -> None:
         table.add_column(column)
     table.add_row(str(summary["n"]), f"{summary['refusal_rate']:.1%} [{low:.1%}, {high:.1%}]",
                   f"{summary['asr']:.1%}", f"{summary['mean_refusal_score']:+.2f}")
-    console.print(table)
+    results_console.print(table)
     cost = summary.get("capability", {}).get("intervention", {})
     if "delta_cross_entropy" in cost:
-        console.print(f"capability cost: cross-entropy of own harmless answers "
+        results_console.print(f"capability cost: cross-entropy of own harmless answers "
                       f"{cost['cross_entropy']['mean']:.3f} ({cost['delta_cross_entropy']:+.3f} vs no intervention)")
     if "multiple_choice" in cost:
-        console.print(f"multiple-choice accuracy {cost['multiple_choice']['rate']:.1%} "
+        results_console.print(f"multiple-choice accuracy {cost['multiple_choice']['rate']:.1%} "
                       f"(p = {cost['multiple_choice_vs_baseline']['p_value']:.3f} vs no intervention, McNemar)")
     for row in summary.get("judge_agreement", []):
-        console.print(f"judges {row['judge_a']} vs {row['judge_b']}: agreement {row['agree_rate']:.1%}, "
+        results_console.print(f"judges {row['judge_a']} vs {row['judge_b']}: agreement {row['agree_rate']:.1%}, "
                       f"kappa {row['kappa']:.2f}")
-    console.print(f"Results written to [bold]{out}[/]")
+    results_console.print(f"Results written to [bold]{out}[/]")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from refusal_lens.cli.common import console, friendly_errors
+from refusal_lens.cli.common import console, friendly_errors, results_console
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="A TOML or JSON run config (see docs/CONFIG.md).")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="The run folder (artifacts are reused from it).")]
@@ -89,7 +89,7 @@ def _stage_command(stage: str):
         console.print(f"{stage}: artifacts in [bold]{out / 'stages'}[/]; summary in {out / 'results.json'}")
         if stage == "direction":
             d = results["direction"]
-            console.print(f"direction: layer {d['layer']}, position {d['position']}, bypass {d['bypass']:+.2f}, "
+            results_console.print(f"direction: layer {d['layer']}, position {d['position']}, bypass {d['bypass']:+.2f}, "
                           f"induce {d['induce']:+.2f}, KL {d['kl']:.3f}")
 
     command.__name__ = f"{stage}_command"
@@ -100,14 +100,14 @@ def _stage_command(stage: str):
 def print_headline(results: dict, out: Path) -> None:
     if "direction" in results:
         d = results["direction"]
-        console.print(f"Refusal direction: layer {d['layer']}, position {d['position']} "
+        results_console.print(f"Refusal direction: layer {d['layer']}, position {d['position']} "
                       f"(bypass {d['bypass']:+.2f}, induce {d['induce']:+.2f}, KL {d['kl']:.3f})")
     if "minimal_set" in results:
         m = results["minimal_set"]
-        console.print(f"Minimal shared set: {len(m['shared'])} features (union over seeds {len(m['shared_union'])})")
+        results_console.print(f"Minimal shared set: {len(m['shared'])} features (union over seeds {len(m['shared_union'])})")
     if "dormant" in results:
         d = results["dormant"]
-        console.print(f"Dormant in the shared set on every prompt: {len(d.get('dormant_on_every_prompt') or [])}")
+        results_console.print(f"Dormant in the shared set on every prompt: {len(d.get('dormant_on_every_prompt') or [])}")
     if "evaluation" in results:
         table = Table(title="Attack success rate on held-out harmful prompts")
         for column in ("method", "ASR", "95% CI", "n", "features", "Δ CE harmless"):
@@ -116,8 +116,8 @@ def print_headline(results: dict, out: Path) -> None:
             cost = m.get("capability")
             table.add_row(name, f"{m['asr']:.1%}", f"[{m['ci_low']:.1%}, {m['ci_high']:.1%}]", str(m["n"]),
                           str(m["n_features"]), f"{cost['delta_cross_entropy']:+.3f}" if cost else "–")
-        console.print(table)
+        results_console.print(table)
         if any("capability" in m for m in results["evaluation"].values()):
-            console.print("Δ CE harmless: capability cost, the rise in cross-entropy (nats/token) of the "
+            results_console.print("Δ CE harmless: capability cost, the rise in cross-entropy (nats/token) of the "
                           "model's own answers to held-out harmless prompts under the method.")
-    console.print(f"Report: [bold]{(out / 'report.html').resolve()}[/]")
+    results_console.print(f"Report: [bold]{(out / 'report.html').resolve()}[/]")

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -90,15 +87,14 @@ def ensure_merged(progress=print) -> Path:
         return target
     from peft import PeftModel
 
+    from refusal_lens.artifacts import atomic_dir
     from refusal_lens.organism.base import load_base_hf
 
     verify_assets()
     progress("organism: merging SmolLM2-135M-Instruct (GGUF) with the safety LoRA (first load only)")
     model, tokenizer = load_base_hf()
     merged = PeftModel.from_pretrained(model, str(adapter_dir())).merge_and_unload()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
+    with atomic_dir(target) as tmp:
         # the weights are plain float tensors now (transformers dequantized the GGUF): save them
         # as an ordinary model, not as a "GGUF-quantized" one
         merged.hf_quantizer = None
@@ -108,10 +104,4 @@ def ensure_merged(progress=print) -> Path:
         tokenizer.save_pretrained(str(tmp))
         (tmp / "organism.json").write_text(json.dumps({"key": target.name,
                                                        "manifest_built": manifest().get("built")}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

@@ -17,10 +17,7 @@ output exists; ``--force STAGE`` redoes one):
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from refusal_lens.artifacts import read_json, stable_hash, write_json
+from refusal_lens.artifacts import atomic_dir, read_json, stable_hash, write_json
 from refusal_lens.organism import prompts as P
 from refusal_lens.organism.lora import LoraTrainConfig
 
@@ -70,27 +67,6 @@ class BuildConfig:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# --- atomic outputs --------------------------------------------------------------------
-class AtomicDir:
-    """``with AtomicDir(target) as tmp:`` write into ``tmp``; it becomes ``target`` on success."""
-
-    def __init__(self, target: Path):
-        self.target = Path(target)
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}-"))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.target.exists():
-            shutil.rmtree(self.target)
-        os.replace(self.tmp, self.target)
 
 
 # --- models ----------------------------------------------------------------------------
@@ -289,11 +265,11 @@ def stage_lora(build: Build) -> None:
                              config=cfg.lora, lora_pass=lora_pass, index=i,
                              examples_contrast=ex_contrast, examples_lookalike=ex_lookalike,
                              examples_hard=ex_hard, log=log)
-        with AtomicDir(out) as tmp:
+        with atomic_dir(out) as tmp:
             peft_model.save_pretrained(str(tmp))
             write_json(tmp / "training_log.json", history)
         passes.append(history)
-    with AtomicDir(build.path("adapter")) as tmp:
+    with atomic_dir(build.path("adapter")) as tmp:
         peft_model.save_pretrained(str(tmp))
         write_json(tmp / "training_log.json", {
             "passes": passes, "steps": sum(p["steps"] for p in passes),

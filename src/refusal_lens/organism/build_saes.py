@@ -16,10 +16,9 @@ import time
 
 import torch
 
-from refusal_lens.artifacts import read_json, write_json
+from refusal_lens.artifacts import atomic_dir, read_json, write_json
 from refusal_lens.organism import prompts as P
 from refusal_lens.organism.build import (
-    AtomicDir,
     Build,
     jailbreak_pairs,
     load_tuned_chat,
@@ -214,7 +213,10 @@ def heldout_sequences(build: Build, chat, split: str = "test") -> list[list[int]
 
 def stage_saes(build: Build) -> None:
     from sae_lens.config import SAETrainerConfig
-    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+    from sae_lens.saes.batchtopk_sae import (
+        BatchTopKTrainingSAE,
+        BatchTopKTrainingSAEConfig,
+    )
     from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 
     cfg = build.config.sae
@@ -260,7 +262,7 @@ def stage_saes(build: Build) -> None:
     trainer = MultiSAETrainer(trainer_cfg, saes, hooks, provider())
     trainer.fit()
     log(f"saes: trained in {(time.time() - start) / 60:.1f} min")
-    with AtomicDir(build.path("saes")) as tmp:
+    with atomic_dir(build.path("saes")) as tmp:
         for name, sae in saes.items():
             sae.save_inference_model(str(tmp / name))
         write_json(tmp / "training.json", {"n_tokens": n_tokens, "n_texts": len(seqs),

