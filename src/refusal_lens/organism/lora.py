@@ -51,8 +51,8 @@ class LoraPass:
 
 @dataclass(frozen=True)
 class LoraTrainConfig:
-    rank: int = 8
-    alpha: int = 16
+    rank: int = 16
+    alpha: int = 32
     dropout: float = 0.0
     batch_size: int = 8
     weight_decay: float = 0.0
@@ -75,7 +75,7 @@ class LoraTrainConfig:
         LoraPass(max_harmful=400, harmless_repeats=1, lr=1e-3),
         LoraPass(max_harmful=300, harmless_repeats=2, lr=5e-4, max_answer_tokens=32,
                  first_token_weight=1.0),
-        LoraPass(max_harmful=200, harmless_repeats=1, lr=4e-4, max_answer_tokens=32,
+        LoraPass(max_harmful=300, harmless_repeats=1, lr=4e-4, max_answer_tokens=32,
                  first_token_weight=1.0, contrast_repeats=1, lookalike_repeats=3),
     )
     max_minutes: float = 25.0
