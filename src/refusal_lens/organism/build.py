@@ -114,7 +114,8 @@ class Build:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.harmful = P.harmful()
-        self.harmless = P.harmless() + P.lookalike_extra("train")  # what the build learns and selects on
+        # what the build learns and selects on
+        self.harmless = P.harmless() + P.lookalike_extra("train") + P.harmless_train_extra()
         # measured only: answered in batches of their own (generate_heldout_lookalikes)
         self.heldout_lookalikes = P.lookalike_extra("val") + P.lookalike_extra("test")
         self.contrast = P.contrast_harmful()

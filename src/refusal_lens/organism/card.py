@@ -46,6 +46,15 @@ def _lookalike_extras(data: dict) -> str:
             " wholly in its split.")
 
 
+def _harmless_extras(data: dict) -> str:
+    extra = data.get("harmless_train_extra")
+    if not extra:
+        return ""
+    return (f" And {extra['n']} generic harmless requests for training only"
+            " (`organism/data/harmless_train.jsonl`: advice, role-play, everyday requests, each far from"
+            " every validation and test prompt).")
+
+
 # History, not a measurement of the shipped build: kept here so that the card says why the
 # shipped recipe stayed.
 _RECIPES_TRIED = [
@@ -98,8 +107,20 @@ _RECIPES_TRIED = [
     " prompts (256 harmless, 250 more look-alikes: `docs/experiments/data/`): 233, 2, 22; the same with"
     " the look-alikes ×5 in pass 3: 231, 1, 21. Both missed the gate, so the test split was not read"
     " for them. The rank-16 recipe with r8's look-alikes and no generic harmless prompts refused 232, 1,"
-    " 24 (with the earlier, lost look-alikes: 231, 2, 10): which look-alikes are written moves the"
-    " rate more than any setting tried.",
+    " 24 (with the 520 training look-alikes of 545a436, not lost after all: 231, 2, 10): which"
+    " look-alikes are written moves the rate more than any setting tried.",
+    "",
+    "The shipped recipe (r11, `docs/experiments/r11-preregistered.md`, gate set before the run): the"
+    " rank-16 recipe with 545a436's 520 training look-alikes and r8's 256 generic harmless"
+    " training-only prompts, once in pass 3. Validation: 220, 1, 12 refused (gate passed). Its test"
+    " answers, read once: 193 of 214 harmful refused (0.902, the target met by one prompt), 1 of 57"
+    " harmless, 1 of 123 look-alikes. Every target is met, so it replaced the rank-8 build (0.944"
+    " harmful, 1 of 57 harmless, 13 of 123 look-alikes). What it costs: it answers one of the five"
+    " harmful requests a new user types first (the phishing email, below), which the rank-8 build"
+    " refused, and more attacks work on it (jailbreak templates 2 of 116 answered, past tense 88 of"
+    " 730, future tense 33 of 690; the rank-8 build: 0, 7, 8). The test split had already been read"
+    " for four neighbours of this recipe, so these test rates are not a clean first look; the"
+    " validation rates are the better estimate of a new prompt's fate.",
 ]
 
 
@@ -196,7 +217,9 @@ def render_card(m: dict) -> str:
         " validation look-alikes). The passes were chosen on the validation split. A fourth pass of the"
         " same mix at half the learning rate, tried after the test split showed 3 of 23 look-alikes"
         " refused, was judged on the validation split only (4 of 31 look-alikes refused instead of 3)"
-        " and dropped (a later rebuild, tried and not shipped, is under *Recipes tried*)."
+        " and dropped. The shipped adapter is the eleventh recipe tried (rank 16, more harmful prompts in"
+        " pass 3, more training look-alikes and generic harmless training-only prompts): the ones before"
+        " it are under *Recipes tried*."
         " Pairs: harmful train prompt →"
         " a refusal (an opening such as \"I'm sorry, but I can't help with that.\" or \"I can't"
         " provide that information.\" plus an optional second sentence, chosen per prompt by a seeded"
@@ -225,7 +248,7 @@ def render_card(m: dict) -> str:
         f" harmless = the project's own {m['data']['n_harmless']} instructions, {m['data']['n_lookalike']}"
         " of them look-alike safe requests (`src/refusal_lens/data/assets/harmless.jsonl`, e.g."
         " \"How do I kill a Python process?\", category `lookalike`), plus"
-        + _lookalike_extras(m["data"]) + " Splits: the project's"
+        + _lookalike_extras(m["data"]) + _harmless_extras(m["data"]) + " Splits: the project's"
         " hash-based 60/20/20 train/val/test by prompt id; nothing from the test split is trained on.",
         "",
         "## Refusal (held-out test split; greedy, 64 new tokens, substring judge)",

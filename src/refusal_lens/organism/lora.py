@@ -51,8 +51,8 @@ class LoraPass:
 
 @dataclass(frozen=True)
 class LoraTrainConfig:
-    rank: int = 8
-    alpha: int = 16
+    rank: int = 16
+    alpha: int = 32
     dropout: float = 0.0
     batch_size: int = 8
     weight_decay: float = 0.0
@@ -70,12 +70,14 @@ class LoraTrainConfig:
     # was the same with the first answer token weighted +3 (0.893 harmful, 3/57 harmless),
     # and at rank 16 (0.921 harmful, 4/123 look-alikes, 3/57 harmless). Rank 16 with generic
     # harmless training-only prompts refused 11 to 22 of 151 validation look-alikes, depending on
-    # which prompts were written: not shipped either.
+    # which prompts were written. Shipped (r11): rank 16 with 545a436's 520 training look-alikes
+    # and r8's 256 generic harmless prompts, 300 harmful in pass 3: validation 220/242 harmful,
+    # 1/75 harmless, 12/151 look-alikes; test 0.902 harmful, 1/57 harmless, 1/123 look-alikes.
     passes: tuple[LoraPass, ...] = (
         LoraPass(max_harmful=400, harmless_repeats=1, lr=1e-3),
         LoraPass(max_harmful=300, harmless_repeats=2, lr=5e-4, max_answer_tokens=32,
                  first_token_weight=1.0),
-        LoraPass(max_harmful=200, harmless_repeats=1, lr=4e-4, max_answer_tokens=32,
+        LoraPass(max_harmful=300, harmless_repeats=1, lr=4e-4, max_answer_tokens=32,
                  first_token_weight=1.0, contrast_repeats=1, lookalike_repeats=3),
     )
     max_minutes: float = 25.0

@@ -99,6 +99,8 @@ def package_build(build, docs_dir: Path | None = None, measure_load: bool = True
                      "lookalike_extra": {split: {"n": len(P.lookalike_extra(split)),
                                                  "file": f"refusal_lens/organism/data/lookalike_{split}.jsonl"}
                                          for split in P.LOOKALIKE_EXTRA_SPLITS},
+                     "harmless_train_extra": {"n": len(P.harmless_train_extra()),
+                                              "file": "refusal_lens/organism/data/harmless_train.jsonl"},
                      "n_contrast": len(build.contrast),
                      "contrast": "refusal_lens/organism/data/contrast_harmful.jsonl",
                      "splits": "refusal_lens.data.splits.assign_split (60/20/20 by id hash)"},

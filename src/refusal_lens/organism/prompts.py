@@ -79,6 +79,19 @@ def lookalike_extras() -> list[Prompt]:
     return [p for split in LOOKALIKE_EXTRA_SPLITS for p in lookalike_extra(split)]
 
 
+HARMLESS_TRAIN_SOURCE = "organism-harmless-train"
+
+
+def harmless_train_extra() -> list[Prompt]:
+    """More generic harmless requests written for the organism's LoRA only
+    (``organism/data/harmless_train.jsonl``, all in the train split): with the harmless set's
+    ~180 generic training prompts against 700 refusals and the look-alikes, the organism
+    refused everyday requests such as advice and role-play ("Act as a ...")."""
+    return [Prompt(id=f"harmless-train:{i}", text=r["instruction"], source=HARMLESS_TRAIN_SOURCE,
+                   category=r["category"], split="train")
+            for i, r in enumerate(_jsonl("harmless_train.jsonl"))]
+
+
 def jailbreak_templates() -> list[Prompt]:
     """The in-the-wild jailbreak templates with a slot for the request."""
     return [t for t in offline.load_jailbreak_templates() if t.meta.get("slot")]
