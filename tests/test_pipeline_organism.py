@@ -14,7 +14,7 @@ def test_minimal_set_jailbreaks_held_out_prompts_and_random_sets_do_not(tmp_path
         "saes": {"source": "organism"},
         "data": {"n_train": 16, "n_val": 4, "n_search": 4, "n_eval": 12, "n_fm": 16},
         "direction": {"variant": "last_position", "layer": 20},
-        "candidates": {"top_k": 8, "layers": [20, 21, 22]},
+        "candidates": {"top_k": 8, "layers": [18, 21, 22]},
         "search": {"seeds": [0], "per_prompt_limit": 1, "rows_per_forward": 32},
         "interactions": {"top_k": [10], "epochs": 3, "max_features": 256},
         "evaluation": {"max_new_tokens": 16, "n_random_sets": 1},

@@ -108,7 +108,7 @@ def demo_config() -> RunConfig:
     return RunConfig(
         data=DataConfig(n_train=32, n_val=8, n_search=6, n_eval=32, n_fm=64),
         direction=DirectionConfig(positions=[-1], layers=list(range(2, 24, 2))),
-        candidates=CandidatesConfig(top_k=10, layers=[14, 18, 20, 21, 22]),
+        candidates=CandidatesConfig(top_k=10, layers=[14, 18, 21, 22]),
         search=SearchConfig(seeds=[0, 1, 2], rows_per_forward=48, per_prompt_limit=3),
         interactions=InteractionsConfig(top_k=[10, 25, 50], max_features=2048),
         evaluation=EvaluationConfig(max_new_tokens=32, n_random_sets=2),
