@@ -15,7 +15,7 @@ def python_blocks(doc: str) -> list[str]:
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/ORGANISM.md"])
-def test_python_examples_run(doc, capsys):
+def test_python_examples_run(doc):
     blocks = python_blocks(doc)
     assert blocks, f"{doc} has no Python example"
     for code in blocks:

@@ -94,10 +94,11 @@ def test_extra_harmless_train_prompts_are_train_only_and_far_from_every_heldout_
     assert len(extra) >= 200
     assert {p.split for p in extra} == {"train"} and {p.source for p in extra} == {P.HARMLESS_TRAIN_SOURCE}
     assert "lookalike" not in {p.category for p in extra}
+    from refusal_lens.data.dedup import normalise_text
+
     every = P.harmful() + P.harmless() + P.contrast_harmful() + P.lookalike_extras()
-    norm = lambda t: " ".join(t.lower().split())  # noqa: E731
-    assert len({norm(p.text) for p in extra}) == len(extra)
-    assert not {norm(p.text) for p in extra} & {norm(p.text) for p in every}
+    assert len({normalise_text(p.text) for p in extra}) == len(extra)
+    assert not {normalise_text(p.text) for p in extra} & {normalise_text(p.text) for p in every}
     heldout = [_content_words(p.text) for p in every if p.split != "train"]
     for p in extra:
         words = _content_words(p.text)

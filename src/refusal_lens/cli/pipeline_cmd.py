@@ -89,8 +89,8 @@ def _stage_command(stage: str):
         console.print(f"{stage}: artifacts in [bold]{out / 'stages'}[/]; summary in {out / 'results.json'}")
         if stage == "direction":
             d = results["direction"]
-            results_console.print(f"direction: layer {d['layer']}, position {d['position']}, bypass {d['bypass']:+.2f}, "
-                          f"induce {d['induce']:+.2f}, KL {d['kl']:.3f}")
+            results_console.print(f"direction: layer {d['layer']}, position {d['position']}, "
+                                  f"bypass {d['bypass']:+.2f}, induce {d['induce']:+.2f}, KL {d['kl']:.3f}")
 
     command.__name__ = f"{stage}_command"
     command.__doc__ = f"Run the pipeline up to the {stage} stage, reusing earlier stages' artifacts."
@@ -101,13 +101,15 @@ def print_headline(results: dict, out: Path) -> None:
     if "direction" in results:
         d = results["direction"]
         results_console.print(f"Refusal direction: layer {d['layer']}, position {d['position']} "
-                      f"(bypass {d['bypass']:+.2f}, induce {d['induce']:+.2f}, KL {d['kl']:.3f})")
+                              f"(bypass {d['bypass']:+.2f}, induce {d['induce']:+.2f}, KL {d['kl']:.3f})")
     if "minimal_set" in results:
         m = results["minimal_set"]
-        results_console.print(f"Minimal shared set: {len(m['shared'])} features (union over seeds {len(m['shared_union'])})")
+        results_console.print(f"Minimal shared set: {len(m['shared'])} features "
+                              f"(union over seeds {len(m['shared_union'])})")
     if "dormant" in results:
         d = results["dormant"]
-        results_console.print(f"Dormant in the shared set on every prompt: {len(d.get('dormant_on_every_prompt') or [])}")
+        dormant = d.get("dormant_on_every_prompt") or []
+        results_console.print(f"Dormant in the shared set on every prompt: {len(dormant)}")
     if "evaluation" in results:
         table = Table(title="Attack success rate on held-out harmful prompts")
         for column in ("method", "ASR", "95% CI", "n", "features", "Δ CE harmless"):
@@ -119,5 +121,5 @@ def print_headline(results: dict, out: Path) -> None:
         results_console.print(table)
         if any("capability" in m for m in results["evaluation"].values()):
             results_console.print("Δ CE harmless: capability cost, the rise in cross-entropy (nats/token) of the "
-                          "model's own answers to held-out harmless prompts under the method.")
+                                  "model's own answers to held-out harmless prompts under the method.")
     results_console.print(f"Report: [bold]{(out / 'report.html').resolve()}[/]")

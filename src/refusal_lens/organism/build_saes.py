@@ -213,10 +213,7 @@ def heldout_sequences(build: Build, chat, split: str = "test") -> list[list[int]
 
 def stage_saes(build: Build) -> None:
     from sae_lens.config import SAETrainerConfig
-    from sae_lens.saes.batchtopk_sae import (
-        BatchTopKTrainingSAE,
-        BatchTopKTrainingSAEConfig,
-    )
+    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 
     cfg = build.config.sae

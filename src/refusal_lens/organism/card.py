@@ -55,8 +55,8 @@ def _harmless_extras(data: dict) -> str:
             " every validation and test prompt).")
 
 
-# History, not a measurement of the shipped build: kept here so that the card says why the
-# shipped recipe stayed.
+# History, not a measurement of the shipped build: kept here so that the card says how the
+# shipped recipe was chosen and what was tried beside it.
 _RECIPES_TRIED = [
     "The shipped build refused 3 of the harmless set's 23 look-alike test prompts. The 120"
     " validation and 100 test look-alikes (`lookalike_val.jsonl`, `lookalike_test.jsonl`) were"
@@ -218,7 +218,7 @@ def render_card(m: dict) -> str:
         " validation look-alikes). The passes were chosen on the validation split. A fourth pass of the"
         " same mix at half the learning rate, tried after the test split showed 3 of 23 look-alikes"
         " refused, was judged on the validation split only (4 of 31 look-alikes refused instead of 3)"
-        " and dropped. The shipped adapter is the eleventh recipe tried (rank 16, more harmful prompts in"
+        " and dropped. The shipped adapter is recipe r11 (rank 16, more harmful prompts in"
         " pass 3, more training look-alikes and generic harmless training-only prompts): the ones before"
         " it are under *Recipes tried*."
         " Pairs: harmful train prompt →"
