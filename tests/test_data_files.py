@@ -189,3 +189,11 @@ def test_duplicate_ids(tmp_path):
 
 def test_dataerror_is_valueerror():
     assert issubclass(DataError, ValueError)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".txt", ".csv"])
+def test_a_file_that_is_not_text_names_itself_and_what_was_expected(tmp_path, suffix):
+    path = tmp_path / f"random{suffix}"
+    path.write_bytes(bytes([0xC1, 0xFF, 0x00, 0x9E]) * 64)
+    with pytest.raises(DataError, match=rf"{path.name} is not UTF-8 text.*\.txt one prompt a line"):
+        load_prompt_file(path)

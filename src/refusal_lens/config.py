@@ -79,14 +79,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def deep_update(base: dict, overrides: dict) -> dict:
-    """``base`` with ``overrides`` merged in; ``None`` overrides are ignored (flag not given)."""
+    """``base`` with ``overrides`` merged in; ``None`` overrides are ignored (flag not given),
+    at any depth, so a section of overrides none of which was given leaves ``base`` as it is."""
     merged = dict(base)
     for key, value in overrides.items():
-        if value is None:
-            continue
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_update(merged[key], value)
-        else:
+        if isinstance(value, dict):
+            nested = deep_update(merged.get(key) if isinstance(merged.get(key), dict) else {}, value)
+            if nested:
+                merged[key] = nested
+        elif value is not None:
             merged[key] = value
     return merged
 

@@ -29,6 +29,7 @@ from refusal_lens.data.prompts import Prompt
 from refusal_lens.data.splits import assign_split
 
 SUPPORTED_EXTENSIONS = (".txt", ".json", ".jsonl", ".csv", ".parquet")
+SUPPORTED_EXTENSIONS_TEXT = "(.txt one prompt a line, .json, .jsonl or .csv)"
 DEFAULT_TEXT_COLUMNS = ("instruction", "prompt", "goal", "behavior", "question", "text")
 DEFAULT_CATEGORY_COLUMNS = ("category",)
 
@@ -55,22 +56,29 @@ def load_prompt_file(path: str | Path, column: str | None = None, *,
     if suffix not in SUPPORTED_EXTENSIONS:
         raise DataError(f"Unsupported prompt file extension {path.suffix or '(none)'!r} for {path.name}; "
                         f"supported: {', '.join(SUPPORTED_EXTENSIONS)}.")
+    try:
+        rows = _read_rows(path, suffix, column)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); a prompt file is "
+                        f"UTF-8 {SUPPORTED_EXTENSIONS_TEXT}, or a .parquet table.") from None
+    return records_to_prompts(rows, name=path.name, stem=path.stem, source=source or path.stem,
+                              column=column, category_column=category_column,
+                              id_column=id_column)
+
+
+def _read_rows(path: Path, suffix: str, column: str | None) -> list[Any]:
     if suffix == ".txt":
         if column is not None:
             raise DataError(f"{path.name} is a text file (one prompt per line) and has no columns; "
                             f"drop the column option ({column!r}).")
-        rows: list[Any] = _read_txt(path)
-    elif suffix == ".json":
-        rows = _read_json(path)
-    elif suffix == ".jsonl":
-        rows = _read_jsonl(path)
-    elif suffix == ".csv":
-        rows = _read_csv(path)
-    else:
-        rows = _read_parquet(path)
-    return records_to_prompts(rows, name=path.name, stem=path.stem, source=source or path.stem,
-                              column=column, category_column=category_column,
-                              id_column=id_column)
+        return _read_txt(path)
+    if suffix == ".json":
+        return _read_json(path)
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix == ".csv":
+        return _read_csv(path)
+    return _read_parquet(path)
 
 
 def records_to_prompts(rows: Sequence[Any], *, name: str, stem: str, source: str,
