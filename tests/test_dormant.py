@@ -9,7 +9,7 @@ from sae_factory import make_sae
 from refusal_lens.pipeline.dormant import analyse_dormant
 from refusal_lens.saes import SAESet
 
-ACTIVE = (1, 3)    # fires everywhere; its decoder row is -PUSH * r
+ACTIVE = (1, 3)    # fires everywhere; writes along r (a decoder row of active_writes * r)
 DORMANT = (2, 5)   # reads +r, biased to stay off unless ACTIVE's ablation adds PUSH * r to the stream
 ALWAYS = (2, 0)    # fires everywhere, writes nothing
 CAKE = (1, 6)      # fires on the token " cake" only (PROMPTS[0] has it, PROMPTS[1] not), writes nothing
