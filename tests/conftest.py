@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/
-
-from benchmarks.shapes import make_tokenizer  # noqa: E402  (one tokenizer builder and chat templates)
-from refusal_lens.models import build_chat_model  # noqa: E402
+from benchmarks.shapes import make_tokenizer  # one tokenizer builder and chat templates (pytest's pythonpath)
+from refusal_lens.models import build_chat_model
 
 os.environ.setdefault("REFUSAL_LENS_PROGRESS", "0")
 

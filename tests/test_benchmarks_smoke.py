@@ -1,17 +1,11 @@
 """The benchmark script (benchmarks/run.py) end to end on a tiny shape, on the CPU; no timings checked."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import run, sae_lens_shim  # noqa: E402
+from benchmarks import run, sae_lens_shim
 
 TINY = ["--shapes", "tiny-gemma2", "--device", "cpu", "--quick", "--tokens", "20", "--batch-sizes", "4",
         "--gen-batch-sizes", "2", "--new-tokens", "3", "--pairs", "8", "--pair-chunks", "4",

@@ -64,11 +64,20 @@ def script_search(monkeypatch, out, config, n_necessary=3):
     return necessary
 
 
-def test_full_run_writes_results_feature_sets_and_report(setup, monkeypatch):
+@pytest.fixture(scope="module")
+def full_run(setup):
+    """The whole pipeline, run once with a scripted search; the tests of its outputs share it."""
     root, config = setup
     out = root / "run"
-    necessary = script_search(monkeypatch, out, config)
-    results = run_pipeline(RunConfig.model_validate(config), out)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        necessary = script_search(monkeypatch, out, config)
+        results = run_pipeline(RunConfig.model_validate(config), out)
+    return out, results, necessary
+
+
+def test_full_run_writes_results_feature_sets_and_report(setup, full_run):
+    root, config = setup
+    out, results, necessary = full_run
     assert {(f["layer"], f["feature"]) for f in results["minimal_set"]["shared"]} == necessary
     saved = json.loads((out / "results.json").read_text())
     for key in ("direction", "candidates", "minimal_set", "interactions", "dormant", "evaluation", "cost",
@@ -115,9 +124,9 @@ def assert_capability_cost_is_the_reference(root, out, saved):
     assert cost["delta_cross_entropy"] == pytest.approx(ablated - plain, abs=1e-4)
 
 
-def test_feature_set_files_are_accepted_by_eval(setup):
+def test_feature_set_files_are_accepted_by_eval(setup, full_run):
     root, config = setup
-    out = root / "run"  # written by the full-run test
+    out, _, _ = full_run
     files = sorted((out / "feature_sets").glob("*.json"))
     assert files, "the run writes its feature sets"
     result = CliRunner().invoke(app, ["eval", "--model", config["model"]["name"], "--device", "cpu",
