@@ -14,6 +14,7 @@ import torch
 from refusal_lens.activations import model_inputs
 from refusal_lens.hooks import add_output_edit, hooks_removed_on_exit
 from refusal_lens.interventions import FeatureIntervention, FeatureKey, SparseSAESlice, group_by_layer, intervene
+from refusal_lens.saes.slices import sparse_slice
 from refusal_lens.models import ChatModel
 from refusal_lens.saes import SAESet
 from refusal_lens.scoring import refusal_scores
@@ -38,7 +39,7 @@ def max_activations(chat_model: ChatModel, saes: SAESet, features: Sequence[Feat
             found[layer] = acts.masked_fill(~mask, 0).amax(1).float().cpu()
         return read
 
-    handles = [add_output_edit(chat_model.layers[L], reader(L, SparseSAESlice(saes[L], idx, chat_model.device)))
+    handles = [add_output_edit(chat_model.layers[L], reader(L, sparse_slice(saes[L], idx, chat_model.device)))
                for L, idx in by_layer.items()]
     with hooks_removed_on_exit(handles), intervene(chat_model, *interventions):
         chat_model.model(**model_inputs(batch), use_cache=False)
