@@ -545,10 +545,10 @@ def run_shape(shape, args, device: torch.device, dtype: torch.dtype, out_dir: Pa
         times = interleaved(fns, reps=args.pair_reps, warmup=args.warmup, device=device)
         row = ratios(times, len(sets))
         # the part of it that builds the per-row intervention and its slices on the device
-        from refusal_lens.interventions import features as features_module
+        from refusal_lens.saes.slices import clear_slice_cache
 
         def build():
-            features_module._SLICE_CACHE.clear()  # a new feature set each time: no cache hits
+            clear_slice_cache()  # a new feature set each time: no cache hits
             build_rows_fn(saes, sets[:chunk], device)()
         build_s = interleaved({"build": build}, reps=args.pair_reps, warmup=1, device=device)["build"]
         row.update(n_pairs=len(sets), chunk=chunk, candidates=len(candidates),

@@ -6,6 +6,7 @@ from conftest import PROMPTS, tiny_llama
 from sae_factory import make_sae
 
 from refusal_lens.activations import model_inputs, residuals
+from refusal_lens.generation import generate
 from refusal_lens.interventions import (ActivationAddition, DirectionalAblation, FeatureIntervention,
                                         FeatureOp, SpliceFeatureIntervention, intervene)
 from refusal_lens.saes import SAESet
@@ -155,8 +156,6 @@ def test_feature_out_of_range_is_a_clear_error(llama):
 
 
 def test_feature_intervention_in_generation_matches_splice(llama):
-    from refusal_lens.generation import generate
-
     saes = sae_set_for(llama, "jumprelu")
     features = features_for(llama, saes, llama.tokenize(PROMPTS))
     op = FeatureOp("scale", -3.0)
@@ -165,16 +164,24 @@ def test_feature_intervention_in_generation_matches_splice(llama):
     assert sparse == splice
 
 
+class SeqLengthsSeen(FeatureIntervention):
+    """The sparse edit, recording the sequence length of every input it edits."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[int] = []
+
+    def edit(self, layer, x):
+        self.seen.append(x.shape[1])
+        return super().edit(layer, x)
+
+
 def test_generated_positions_follow_include_generated(llama):
     saes = sae_set_for(llama, "jumprelu")
     batch = llama.tokenize(PROMPTS[:1])
     features = features_for(llama, saes, batch)
-    seen = []
-    intervention = FeatureIntervention(saes, features, position_mask=torch.zeros_like(batch["attention_mask"], dtype=torch.bool),
-                                       include_generated=False)
-    original = intervention.edit
-    intervention.edit = lambda layer, x: (seen.append(x.shape[1]), original(layer, x))[1]
-    from refusal_lens.generation import generate
+    intervention = SeqLengthsSeen(saes, features, position_mask=torch.zeros_like(batch["attention_mask"], dtype=torch.bool),
+                                  include_generated=False)
     with_prompt_mask_only = generate(llama, PROMPTS[:1], max_new_tokens=4, interventions=[intervention])
     clean = generate(llama, PROMPTS[:1], max_new_tokens=4)
-    assert with_prompt_mask_only == clean and 1 in seen
+    assert with_prompt_mask_only == clean and 1 in intervention.seen

@@ -1,15 +1,22 @@
-"""Read the residual stream at any layers and positions, in one forward pass."""
+"""Read the residual stream, and SAE features on it, at any layers and positions in one forward pass."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from transformers import BatchEncoding
 
 from refusal_lens.hooks import add_output_edit, hooks_removed_on_exit
-from refusal_lens.interventions import Intervention, intervene
+from refusal_lens.interventions import FeatureKey, Intervention, group_by_layer, intervene
 from refusal_lens.models import ChatModel, position_ids_for
+from refusal_lens.progress import batches
+from refusal_lens.saes import SAESet
+from refusal_lens.saes.slices import cached_slice
 
 
 class _StopForward(Exception):
@@ -54,3 +61,155 @@ def residuals(chat_model: ChatModel, batch: BatchEncoding | Sequence[str], layer
         except _StopForward:
             pass
     return captured
+
+
+@dataclass(frozen=True)
+class FeatureActivations:
+    """SAE feature activations read at some positions of some prompts.
+
+    ``values[..., j]`` belongs to feature ``keys[j]``: ``[prompts, positions, features]``, or
+    ``[prompts, features]`` when reduced over positions; float32 on the CPU. ``mask`` (bool
+    ``[prompts, positions]``) is True where a prompt token was read, False on padding, where
+    values are 0. Positions are right-aligned: with every token read, column -1 is each
+    prompt's last token. A feature of an ``all_active`` layer that is not in ``keys`` was 0
+    at every position read.
+    """
+
+    keys: list[FeatureKey]
+    values: torch.Tensor
+    mask: torch.Tensor
+    all_active: tuple[int, ...] = ()
+
+    @cached_property
+    def _column(self) -> dict[FeatureKey, int]:
+        column: dict[FeatureKey, int] = {}
+        for j, key in enumerate(self.keys):
+            column.setdefault(key, j)
+        return column
+
+    def column(self, key: FeatureKey) -> torch.Tensor:
+        """``values[..., j]`` for ``key`` (``[prompts, positions]`` or ``[prompts]``)."""
+        key = (int(key[0]), int(key[1]))
+        if key in self._column:
+            return self.values[..., self._column[key]]
+        if key[0] in self.all_active:
+            return self.values.new_zeros(self.values.shape[:-1])
+        raise KeyError(f"Feature {key} was not read.")
+
+
+@dataclass
+class _BatchRead:
+    chosen: dict[int, torch.Tensor]                       # layer -> [b, (P,) n_layer], the slice's columns
+    active: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (feature indices, [b, (P,) n_active])
+    mask: torch.Tensor                                    # [b, P]
+
+
+@torch.no_grad()
+def read_features(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str],
+                  features: Iterable[FeatureKey] | Mapping[int, Sequence[int]] = (), *,
+                  all_active: Sequence[int] = (), positions: Sequence[int] | None = None,
+                  reduce: Literal["max"] | None = None, interventions: Sequence[Intervention] = (),
+                  batch_size: int | None = None) -> FeatureActivations:
+    """Activations of SAE features on ``instructions``: one forward pass a batch.
+
+    ``features`` (pairs, kept in the order given, or ``{layer: indices}``) are read on the
+    sparse path, through a slice of their SAE; every feature of an ``all_active`` layer that
+    is active (> 0) at a position read is read with the whole encoder (``sae.encode``) and
+    added to ``keys`` after them, by layer then index. A feature at layer L is read from block
+    L's output before any intervention edits that output (what the SAE at L sees: the edits
+    at lower layers and at L's input are in effect). The pass stops after the highest layer.
+
+    ``positions`` count from the right (-1 = last prompt token; batches are left-padded with
+    an attention mask); None reads every token. ``reduce="max"`` keeps each feature's largest
+    activation over the positions read, padding counting as 0. ``batch_size`` prompts go
+    through a forward pass together (None: all of them).
+    """
+    instructions = list(instructions)
+    if reduce not in (None, "max"):
+        raise ValueError(f"Unknown reduction {reduce!r}: use None or 'max'.")
+    if not instructions:
+        raise ValueError("No instructions to read features on.")
+    if isinstance(features, Mapping):
+        features = [(L, i) for L, idx in features.items() for i in idx]
+    pairs = [(int(L), int(i)) for L, i in features]
+    reader = _FeatureReader(chat_model, saes, pairs, list(dict.fromkeys(int(L) for L in all_active)),
+                            positions, reduce, interventions)
+    size = batch_size or len(instructions)
+    reads = [reader.read(chunk)
+             for chunk in batches(instructions, size, "SAE features" if len(instructions) > size else None)]
+    return _assemble(reads, pairs, reader.by_layer, reader.dense_layers, reduced=reduce is not None)
+
+
+class _FeatureReader:
+    """Reads one batch's features in one forward pass, for ``read_features``."""
+
+    def __init__(self, chat_model: ChatModel, saes: SAESet, pairs: list[FeatureKey], dense_layers: list[int],
+                 positions: Sequence[int] | None, reduce: str | None, interventions: Sequence[Intervention]):
+        self.by_layer = group_by_layer(pairs)
+        self.dense_layers = dense_layers
+        layers = {*self.by_layer, *dense_layers}
+        missing = sorted(L for L in layers if L not in saes)
+        if missing:
+            raise KeyError(f"No SAE at layers {missing}; the SAE set covers {saes.layers}.")
+        if not layers:
+            raise ValueError("No features to read: give features or all_active layers.")
+        self.layers = sorted(chat_model.check_layer(L) for L in layers)
+        self.chat_model, self.saes, self.reduce, self.interventions = chat_model, saes, reduce, interventions
+        self.slices = {L: cached_slice(saes[L], idx, chat_model.device) for L, idx in self.by_layer.items()}
+        self.index = None if positions is None else torch.tensor(list(positions), device=chat_model.device)
+
+    def read(self, instructions: list[str]) -> _BatchRead:
+        batch = self.chat_model.tokenize(instructions)
+        attention = batch["attention_mask"].bool()
+        read_mask = attention if self.index is None else attention[:, self.index % attention.shape[1]]
+        out = _BatchRead({}, {}, read_mask.cpu())
+        handles = [add_output_edit(self.chat_model.layers[L], lambda h, L=L: self._read_layer(L, h, read_mask, out))
+                   for L in self.layers]
+        with hooks_removed_on_exit(handles), intervene(self.chat_model, *self.interventions):
+            try:
+                self.chat_model.model(**model_inputs(batch), use_cache=False)
+            except _StopForward:
+                pass
+        return out
+
+    def _read_layer(self, layer: int, hidden: torch.Tensor, read_mask: torch.Tensor, out: _BatchRead) -> None:
+        picked = hidden if self.index is None else hidden[:, self.index % hidden.shape[1]]
+        if layer in self.slices:
+            out.chosen[layer] = self._finish(self.slices[layer].encode(picked)[0], read_mask).float().cpu()
+        if layer in self.dense_layers:
+            acts = self.saes[layer].encode(picked.reshape(-1, picked.shape[-1])).view(*picked.shape[:-1], -1)
+            acts = self._finish(acts, read_mask)
+            active = torch.nonzero(acts.reshape(-1, acts.shape[-1]).gt(0).any(0)).flatten()
+            out.active[layer] = (active.cpu(), acts.index_select(-1, active).float().cpu())
+        if layer == self.layers[-1]:
+            raise _StopForward
+
+    def _finish(self, acts: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:
+        """Zero on padding, then reduced over positions if asked."""
+        acts = acts.masked_fill(~read_mask[:, :, None], 0)
+        return acts.amax(1) if self.reduce == "max" else acts
+
+
+def _assemble(reads: list[_BatchRead], pairs: list[FeatureKey], by_layer: dict[int, list[int]],
+              dense_layers: list[int], reduced: bool) -> FeatureActivations:
+    """One ``FeatureActivations`` from the batches' reads: columns in key order, positions
+    right-aligned (left-padded to the longest batch when every token was read)."""
+    slot = {(L, i): j for L, idx in by_layer.items() for j, i in enumerate(idx)}
+    union = {L: torch.unique(torch.cat([r.active[L][0] for r in reads])) for L in dense_layers}
+    width = max(r.mask.shape[1] for r in reads)
+    values, masks = [], []
+    for r in reads:
+        prefix = r.mask.shape[:1] if reduced else r.mask.shape
+        pieces = [torch.stack([r.chosen[L][..., slot[L, i]] for L, i in pairs], dim=-1)] if pairs else []
+        for L in dense_layers:
+            found, acts = r.active[L]
+            full = torch.zeros((*prefix, len(union[L])))  # inactive: 0, as the full encode has it
+            full[..., torch.searchsorted(union[L], found)] = acts
+            pieces.append(full)
+        block = torch.cat(pieces, dim=-1)
+        if not reduced and block.shape[1] < width:
+            block = F.pad(block, (0, 0, width - block.shape[1], 0))
+        values.append(block)
+        masks.append(F.pad(r.mask, (width - r.mask.shape[1], 0), value=False))
+    keys = [*pairs, *((L, int(i)) for L in dense_layers for i in union[L])]
+    return FeatureActivations(keys, torch.cat(values), torch.cat(masks), tuple(dense_layers))

@@ -2,14 +2,10 @@
 
 from refusal_lens.interventions.base import Intervention, intervene
 from refusal_lens.interventions.direction import ActivationAddition, DirectionalAblation, project_out
-from refusal_lens.interventions.features import (
-    FeatureIntervention,
-    FeatureKey,
-    FeatureOp,
-    SparseSAESlice,
-    SpliceFeatureIntervention,
-    group_by_layer,
-)
+from refusal_lens.interventions.feature_op import FeatureKey, FeatureOp, group_by_layer
+from refusal_lens.interventions.features import FeatureIntervention
+from refusal_lens.interventions.splice import SpliceFeatureIntervention
+from refusal_lens.saes.slices import SparseSAESlice
 
 __all__ = [
     "ActivationAddition", "DirectionalAblation", "FeatureIntervention", "FeatureKey", "FeatureOp",

@@ -3,252 +3,25 @@
 The fast path is the sparse closed form: with the error term kept, editing features ``S``
 at layer ``L`` adds ``sum_{i in S} Δ_i(x) d_i`` to the residual, where ``Δ_i`` depends only
 on ``f_i(x)``. It needs the |S| encoder columns and decoder rows, not the dictionary (TopK
-SAEs still need every pre-activation to know the k-th largest). ``SpliceFeatureIntervention``
-is the reference: encode, edit, decode, add the error back.
+SAEs still need every pre-activation to know the k-th largest): ``refusal_lens.saes.slices``.
+``SpliceFeatureIntervention`` (``splice.py``) is the reference: encode, edit, decode, add the
+error back.
 """
 
 from __future__ import annotations
 
-import warnings
-import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from sae_lens import SAE
 from torch.utils.hooks import RemovableHandle
 
 from refusal_lens.hooks import add_output_edit
+from refusal_lens.interventions.cuda_graphs import GraphedEdit, graphed_edit
+from refusal_lens.interventions.feature_op import FeatureKey, FeatureOp, group_by_layer
 from refusal_lens.models import ChatModel
 from refusal_lens.saes import SAESet
-
-FeatureKey = tuple[int, int]  # (layer, feature index)
-SUPPORTED_ARCHITECTURES = ("standard", "jumprelu", "topk")
-ALIGN = 8  # slices are padded to a multiple of this many features
-SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
-
-
-@dataclass(frozen=True)
-class FeatureOp:
-    """What to do to the features: ``zero``, ``scale`` by ``value`` or ``set`` to ``value``."""
-
-    kind: Literal["zero", "scale", "set"] = "zero"
-    value: float = 0.0
-
-    def __post_init__(self):
-        if self.kind not in ("zero", "scale", "set"):
-            raise ValueError(f"Unknown feature operation {self.kind!r}: use zero, scale or set.")
-
-    def delta(self, acts: torch.Tensor) -> torch.Tensor:
-        """New activation minus old, for the sparse closed form."""
-        if self.kind == "zero":
-            return -acts
-        if self.kind == "scale":
-            return (self.value - 1.0) * acts
-        return self.value - acts
-
-    def apply(self, acts: torch.Tensor) -> torch.Tensor:
-        """The edited activations, for the full splice."""
-        if self.kind == "zero":
-            return torch.zeros_like(acts)
-        if self.kind == "scale":
-            return self.value * acts
-        return torch.full_like(acts, self.value)
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, "value": self.value}
-
-
-def group_by_layer(features: Iterable[FeatureKey] | Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
-    """``{layer: sorted unique feature indices}`` from pairs or a mapping."""
-    by_layer: dict[int, set[int]] = {}
-    items = ((L, i) for L, idx in features.items() for i in idx) if isinstance(features, Mapping) else features
-    for layer, feature in items:
-        by_layer.setdefault(int(layer), set()).add(int(feature))
-    return {L: sorted(by_layer[L]) for L in sorted(by_layer)}
-
-
-class SparseSAESlice:
-    """The part of one SAE that encoding and decoding features ``S`` needs."""
-
-    def __init__(self, sae: SAE, features: Sequence[int], device: torch.device):
-        arch = sae.cfg.architecture()
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise NotImplementedError(f"Feature interventions support {SUPPORTED_ARCHITECTURES} "
-                                      f"SAEs; this one is {arch!r}.")
-        if getattr(sae.cfg, "reshape_activations", "none") != "none":
-            raise NotImplementedError("Feature interventions need residual-stream SAEs (not hook_z).")
-        self.normalization = sae.cfg.normalize_activations
-        if self.normalization not in SUPPORTED_NORMALIZATIONS:
-            raise NotImplementedError(f"SAE input normalization {self.normalization!r} is not "
-                                      f"supported; supported: {SUPPORTED_NORMALIZATIONS}.")
-        d_sae = sae.cfg.d_sae
-        bad = [i for i in features if not 0 <= i < d_sae]
-        if bad:
-            raise IndexError(f"Features {bad[:5]} out of range for an SAE of width {d_sae}.")
-        index = torch.tensor(list(features), dtype=torch.long, device=sae.W_dec.device)
-        self.architecture = arch
-        self.dtype = sae.W_dec.dtype
-        with torch.no_grad():
-            decoder = sae.W_dec[index]
-            self.rescale = bool(getattr(sae.cfg, "rescale_acts_by_decoder_norm", False))
-            if self.rescale:
-                decoder = decoder / sae.W_dec[index].norm(dim=-1, keepdim=True)
-            self.decoder = decoder.to(device).contiguous()                     # [n, d]
-            self.b_dec_in = (sae.b_dec * sae.cfg.apply_b_dec_to_input).to(device)
-            if arch == "topk":
-                # Membership in the top k depends on every pre-activation.
-                self.k = sae.cfg.k
-                self.encoder = sae.W_enc.to(device)
-                self.b_enc = sae.b_enc.to(device)
-                self.index = index.to(device)
-                self.dec_norm = sae.W_dec.norm(dim=-1).to(device) if self.rescale else None
-            else:
-                self.encoder = sae.W_enc[:, index].to(device).contiguous()     # [d, n]
-                self.b_enc = sae.b_enc[index].to(device)
-                self.threshold = sae.threshold[index].to(device) if arch == "jumprelu" else None
-            # The fast path folds b_dec into the encoder bias, (x - b) E + c = x E + (c - b E),
-            # one fused matrix product instead of a pass over the residual and a product.
-            enc = self.encoder if arch == "topk" else self.encoder.float()  # topk: the whole dictionary
-            self.b_pre = (self.b_enc.float() - (self.b_dec_in.to(enc.dtype) @ enc).float()).to(self.dtype)
-            # relu(pre) * (pre > t) == pre where pre > max(t, 0), else 0: two kernels, in place
-            threshold = getattr(self, "threshold", None)
-            self.gate = None if threshold is None else threshold.clamp_min(0)
-            # Zero features pad the slice to a multiple of 8, so that both products have
-            # 16-byte-aligned rows (tensor-core kernels); a padding feature never fires.
-            self.n = len(index)
-            self.width = self.n if arch == "topk" else -(-self.n // ALIGN) * ALIGN
-            if self.width > self.n:
-                extra = self.width - self.n
-                self.encoder = F.pad(self.encoder, (0, extra))
-                self.b_pre = F.pad(self.b_pre, (0, extra))
-                self.decoder = F.pad(self.decoder, (0, 0, 0, extra))
-                if self.gate is not None:
-                    self.gate = F.pad(self.gate, (0, extra), value=float("inf"))
-
-    def _normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
-        """SAE input and the factor that maps a decoder-space change back to the residual."""
-        if self.normalization == "constant_norm_rescale":
-            # clamped: a zero residual (a zero pad embedding) must not turn into NaN
-            coeff = (x.shape[-1] ** 0.5) / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            return x * coeff, 1.0 / coeff
-        if self.normalization == "layer_norm":
-            mu = x.mean(dim=-1, keepdim=True)
-            centered = x - mu
-            std = centered.std(dim=-1, keepdim=True)
-            return centered / (std + 1e-5), std
-        return x, 1.0
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
-        """Activations of the slice's features and the output scale, for residual ``x``."""
-        acts, out_scale = self._encode_rows(x.reshape(-1, x.shape[-1]))
-        if not isinstance(out_scale, float):
-            out_scale = out_scale.view(*x.shape[:-1], 1)
-        return acts[:, :self.n].reshape(*x.shape[:-1], self.n), out_scale
-
-    def _encode_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
-        """``encode`` of ``[tokens, d]``: few kernels, as it runs at every layer of every pass."""
-        if x.dtype != self.dtype:
-            x = x.to(self.dtype)
-        if self.normalization in ("constant_norm_rescale", "layer_norm"):
-            x, out_scale = self._normalize(x)
-        else:
-            out_scale = 1.0
-        pre = torch.addmm(self.b_pre, x, self.encoder)
-        if self.architecture == "topk":
-            if self.dec_norm is not None:
-                pre = pre * self.dec_norm
-            kth = pre.topk(self.k, dim=-1).values[..., -1:]
-            pre = pre.index_select(-1, self.index)
-            return torch.where(pre >= kth, pre.relu(), torch.zeros_like(pre)), out_scale
-        if self.gate is None:
-            return pre.relu_(), out_scale
-        return pre.masked_fill_(pre <= self.gate, 0.0), out_scale
-
-    def edit(self, x: torch.Tensor, op: FeatureOp, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` with the slice's features edited by ``op``; ``mask`` (``[batch, seq or 1,
-        width or 1]`` in the slice's dtype, or None for everywhere) says where.
-
-        ``x + sum_i Δ_i d_i`` where ``Δ_i`` is ``-f_i`` (zero), ``(c - 1) f_i`` (scale) or
-        ``v - f_i`` (set): the scalar goes into the decoding product, and the residual is
-        added in the same fused product (one rounding) when no normalization rescales it.
-        """
-        rows = x.reshape(-1, x.shape[-1])
-        acts, out_scale = self._encode_rows(rows)
-        if op.kind == "set":
-            delta, alpha = op.value - acts, 1.0
-        else:
-            delta, alpha = acts, (-1.0 if op.kind == "zero" else op.value - 1.0)
-        if mask is not None:
-            n = delta.shape[-1]
-            delta = (delta.view(*x.shape[:-1], n) * mask).view(-1, n)
-        if isinstance(out_scale, float) and x.dtype == self.dtype:
-            return torch.addmm(rows, delta, self.decoder, alpha=alpha).view(x.shape)
-        change = (delta @ self.decoder) * (alpha * out_scale)
-        return x + change.to(x.dtype).view(x.shape)
-
-
-_SLICE_CACHE: OrderedDict[tuple, tuple] = OrderedDict()
-SLICE_CACHE_SIZE = 256
-
-
-def cached_slice(sae: SAE, features: Sequence[int], device: torch.device) -> SparseSAESlice:
-    """``SparseSAESlice(sae, features, device)``, reused while ``sae`` and its weights are unchanged.
-
-    Searches build many interventions over the same features; a slice costs a dozen small
-    kernels per layer to build. Entries hold the SAE weakly and are checked against the
-    in-place version counters of its parameters.
-    """
-    if sae.cfg.architecture() == "topk":  # its slice holds the whole encoder: not kept around
-        return SparseSAESlice(sae, features, device)
-    key = (id(sae), tuple(features), str(device))
-    versions = tuple(p._version for p in sae.parameters())
-    entry = _SLICE_CACHE.get(key)
-    if entry is not None and entry[0]() is sae and entry[1] == versions:
-        _SLICE_CACHE.move_to_end(key)
-        return entry[2]
-    sparse = SparseSAESlice(sae, features, device)
-    _SLICE_CACHE[key] = (weakref.ref(sae), versions, sparse)
-    while len(_SLICE_CACHE) > SLICE_CACHE_SIZE:
-        _SLICE_CACHE.popitem(last=False)
-    return sparse
-
-
-_UNSEEN = object()
-
-
-class _GraphedEdit:
-    """One slice's edit for one input shape, captured in a CUDA graph.
-
-    A call copies the input into the graph's buffer, replays the graph (the same kernels
-    ``SparseSAESlice.edit`` launches, so the same numbers) and returns a copy of its output:
-    three host calls instead of six, and the next replay may overwrite the graph's buffers,
-    so nothing returned aliases them.
-    """
-
-    def __init__(self, sparse: SparseSAESlice, op: FeatureOp, x: torch.Tensor, mask: torch.Tensor | None):
-        self.input = x.clone()
-        self.mask = mask  # read by the graph: kept alive with it
-        current = torch.cuda.current_stream(x.device)
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            sparse.edit(self.input, op, mask)  # warm-up on this stream (cuBLAS handle, workspace)
-            self.graph = torch.cuda.CUDAGraph()
-            self.graph.capture_begin(capture_error_mode="thread_local")
-            try:
-                self.output = sparse.edit(self.input, op, mask)
-            finally:
-                self.graph.capture_end()
-        current.wait_stream(side)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.input.copy_(x)
-        self.graph.replay()
-        return self.output.clone()
+from refusal_lens.saes.slices import SparseSAESlice, cached_slice
 
 
 class FeatureIntervention:
@@ -286,7 +59,7 @@ class FeatureIntervention:
         self.row_masks = dict(row_masks or {})
         self._slices: dict[tuple[int, torch.device], SparseSAESlice] = {}
         self._masks: dict[tuple, tuple] = {}  # (device, batch, seq) -> (sources, {layer: mask})
-        self._graphs: dict[tuple, _GraphedEdit | bool | None] = {}
+        self._graphs: dict[tuple, GraphedEdit | bool | None] = {}  # see graphed_edit
 
     @classmethod
     def for_rows(cls, saes: SAESet, feature_sets: Sequence[Iterable[FeatureKey]],
@@ -391,7 +164,7 @@ class FeatureIntervention:
 
     def edit(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         sparse = self.slice_for(layer, x.device)
-        return sparse.edit(x, self.op, self._device_mask(layer, x, sparse))
+        return sparse.edit(x, self.op.kind, self.op.value, self._device_mask(layer, x, sparse))
 
     def attach(self, chat_model: ChatModel) -> list[RemovableHandle]:
         handles = []
@@ -404,7 +177,7 @@ class FeatureIntervention:
         """The hook's function at ``layer``: ``edit``, with as little host work per call as
         possible (a decode step calls it at every layer for a handful of tokens, so its cost
         is the host's, not the GPU's)."""
-        if "edit" in vars(self) or type(self).edit is not FeatureIntervention.edit:  # edit replaced
+        if type(self).edit is not FeatureIntervention.edit:  # a subclass brings its own edit
             return lambda x: self.edit(layer, x)
         slices: dict[torch.device, SparseSAESlice] = {}
 
@@ -416,55 +189,12 @@ class FeatureIntervention:
                     if self.row_masks or self.position_mask is not None else None)
             if (self.use_cuda_graphs and x.is_cuda and not torch.is_grad_enabled()
                     and x.numel() * x.element_size() <= self.cuda_graph_max_bytes):
-                return self._graphed_edit(layer, sparse, x, mask)
-            return sparse.edit(x, self.op, mask)
+                return graphed_edit(self._graphs, layer, sparse, self.op, x, mask, self.cuda_graph_max_count)
+            return sparse.edit(x, self.op.kind, self.op.value, mask)
 
         return run
-
-    def _graphed_edit(self, layer: int, sparse: SparseSAESlice, x: torch.Tensor,
-                      mask: torch.Tensor | None) -> torch.Tensor:
-        """``sparse.edit``, replayed from a CUDA graph once this layer has seen this input shape
-        twice (a decode step: same shape at every step). The first sighting runs eagerly.
-        Only without autograd (a graph's output has no history)."""
-        if torch.cuda.is_current_stream_capturing():  # inside someone else's capture
-            return sparse.edit(x, self.op, mask)
-        key = (layer, x.shape, x.dtype, x.device, mask, self.op, torch.is_inference_mode_enabled())
-        graphed = self._graphs.get(key, _UNSEEN)
-        if graphed is _UNSEEN:
-            self._graphs[key] = None
-            return sparse.edit(x, self.op, mask)
-        if graphed is None:
-            if len(self._graphs) > self.cuda_graph_max_count:  # many shapes: not a decode loop
-                return sparse.edit(x, self.op, mask)
-            try:
-                graphed = self._graphs[key] = _GraphedEdit(sparse, self.op, x, mask)
-            except RuntimeError as error:  # stay eager for this shape
-                self._graphs[key] = False
-                warnings.warn(f"CUDA graph capture of the feature edit failed ({error}); running it eagerly.",
-                              RuntimeWarning, stacklevel=2)
-        if graphed is False:
-            return sparse.edit(x, self.op, mask)
-        return graphed(x)
 
     def describe(self) -> dict:
         return {"type": "features", "op": self.op.describe(),
                 "features": [{"layer": L, "feature": i} for L, idx in self.features.items() for i in idx],
                 "saes": self.saes.describe()}
-
-
-class SpliceFeatureIntervention(FeatureIntervention):
-    """Reference implementation: encode with the whole SAE, edit, decode, add the error back."""
-
-    def edit(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        sae = self.saes[layer]
-        acts = sae.encode(x)
-        idx = torch.tensor(self.features[layer], device=acts.device)
-        edited = acts.clone()
-        new_values = self.op.apply(acts[..., idx])
-        mask = self._mask(layer, x)
-        if mask is not None:
-            new_values = torch.where(mask.expand_as(new_values), new_values, acts[..., idx])
-        edited[..., idx] = new_values
-        error = x - sae.decode(acts)
-        sae.encode(x)  # normalizing SAEs keep per-input state that decode consumes
-        return (sae.decode(edited) + error).to(x.dtype)

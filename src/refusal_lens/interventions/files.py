@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 
 from refusal_lens.artifacts import write_json, write_tensors
-from refusal_lens.interventions.features import FeatureKey, FeatureOp
+from refusal_lens.interventions.feature_op import FeatureKey, FeatureOp
 
 
 class InterventionFileError(ValueError):

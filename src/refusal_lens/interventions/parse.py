@@ -13,6 +13,7 @@ from refusal_lens.interventions.features import FeatureIntervention
 from refusal_lens.interventions.files import (DirectionFile, FeatureSetFile, InterventionFileError,
                                               load_direction, load_feature_set)
 from refusal_lens.models import ChatModel
+from refusal_lens.saes import load_sae_set
 
 KINDS = ("none", "direction:FILE", "addition:FILE", "features:FILE")
 
@@ -47,8 +48,6 @@ def build_interventions(spec: InterventionSpec, chat_model: ChatModel) -> list:
         return [DirectionalAblation(_checked(spec.content.direction, chat_model, spec.path))]
     if spec.kind == "addition":
         return [ActivationAddition(_checked(spec.content.direction, chat_model, spec.path), spec.content.layer)]
-    from refusal_lens.saes import load_sae_set
-
     features = spec.content
     layers = sorted({chat_model.check_layer(layer) for layer, _ in features.features})
     saes = load_sae_set(features.saes, layers, device=str(chat_model.device))

@@ -15,12 +15,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from refusal_lens.activations import residuals
+from refusal_lens.activations import FeatureActivations
 from refusal_lens.interventions import FeatureKey
-from refusal_lens.models import ChatModel
 from refusal_lens.pipeline.config import InteractionsConfig
-from refusal_lens.progress import batches
-from refusal_lens.saes import SAESet
 
 
 class FactorizationMachine(nn.Module):
@@ -38,33 +35,23 @@ class FactorizationMachine(nn.Module):
         return self.bias + self.linear(x).squeeze(-1) + pairwise
 
 
-@torch.no_grad()
-def last_position_features(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str],
-                           batch_size: int) -> dict[int, torch.Tensor]:
-    """``{layer: [prompts, d_sae]}`` SAE activations at the last prompt position."""
-    out: dict[int, list[torch.Tensor]] = {L: [] for L in saes.layers}
-    for chunk in batches(instructions, batch_size, "SAE activations"):
-        acts = residuals(chat_model, chunk, saes.layers, positions=[-1])
-        for layer in saes.layers:
-            out[layer].append(saes[layer].encode(acts[layer][:, 0]).float().cpu())
-    return {L: torch.cat(v) for L, v in out.items()}
-
-
-def design_matrix(features: dict[int, torch.Tensor], minimal: Sequence[FeatureKey],
+def design_matrix(features: FeatureActivations, minimal: Sequence[FeatureKey],
                   max_features: int) -> tuple[torch.Tensor, list[FeatureKey]]:
-    """The most often active features (and every minimal one) as columns, scaled to [0, 1]."""
-    columns, keys, frequency = [], [], []
-    for layer, acts in features.items():
-        active = (acts > 0).sum(0)
-        for i in torch.nonzero(active).flatten().tolist():
-            keys.append((layer, i))
-            frequency.append(int(active[i]))
-            columns.append(acts[:, i])
+    """The most often active features (and every minimal one) as columns, scaled to [0, 1].
+
+    ``features``: one value a prompt and feature, e.g. ``read_features(..., all_active=layers,
+    positions=[-1])``."""
+    if features.values.dim() == 3 and features.values.shape[1] != 1:
+        raise ValueError(f"A design matrix takes one position a prompt; got {features.values.shape[1]}.")
+    acts = features.values.reshape(len(features.values), -1)
+    keys = list(features.keys)
+    frequency = (acts > 0).sum(0).tolist()
+    columns = list(acts.unbind(1))
     must = {tuple(f) for f in minimal}
     order = sorted(range(len(keys)), key=lambda j: (keys[j] not in must, -frequency[j]))[:max_features]
     for f in must - {keys[j] for j in order}:   # minimal features that never fire here
         keys.append(f)
-        columns.append(features[f[0]][:, f[1]])
+        columns.append(features.column(f).reshape(-1))
         order.append(len(keys) - 1)
     x = torch.stack([columns[j] for j in order], dim=1)
     return x / x.amax(0).clamp_min(1e-6), [keys[j] for j in order]

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from refusal_lens.activations import read_features
 from refusal_lens.interventions import DirectionalAblation, FeatureIntervention, FeatureOp
 from refusal_lens.interventions.files import save_direction
 from refusal_lens.pipeline import candidates as candidates_mod
@@ -231,8 +232,7 @@ def stage_dormant(ctx: RunContext, prompts: StageDir, search: StageDir) -> Stage
 
 
 def stage_interactions(ctx: RunContext, prompts: StageDir, search: StageDir) -> StageDir:
-    from refusal_lens.pipeline.interactions import (design_matrix, interaction_ranking, last_position_features,
-                                                    probe_ranking, train_fm)
+    from refusal_lens.pipeline.interactions import design_matrix, interaction_ranking, probe_ranking, train_fm
     from refusal_lens.pipeline.search import SetEvaluator
     from refusal_lens.prefix_cache import build_prefix_cache
 
@@ -242,7 +242,8 @@ def stage_interactions(ctx: RunContext, prompts: StageDir, search: StageDir) -> 
         sets = prompts.load_json("prompts.json")
         minimal = minimal_shared(search)
         harmful, harmless = _texts(sets["harmful_fm"]), _texts(sets["harmless_fm"])
-        acts = last_position_features(ctx.chat_model, ctx.saes, harmful + harmless, ctx.config.batch_size)
+        acts = read_features(ctx.chat_model, ctx.saes, harmful + harmless, all_active=ctx.saes.layers,
+                             positions=[-1], batch_size=ctx.config.batch_size)
         x, keys = design_matrix(acts, minimal, config.max_features)
         y = torch.tensor([1.0] * len(harmful) + [0.0] * len(harmless))
         fm = train_fm(x, y, keys, config, ctx.config.seed)
