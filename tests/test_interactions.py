@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from refusal_lens.pipeline.config import InteractionsConfig
+from refusal_lens.activations import FeatureActivations
 from refusal_lens.pipeline.interactions import (FactorizationMachine, FMResult, design_matrix, interaction_ranking,
                                                 probe_ranking, train_fm)
 
@@ -122,7 +123,10 @@ def test_design_matrix_keeps_the_minimal_set_and_the_most_often_active_features(
     acts[2][:2, 0] = 3.0        # active on 2
     acts[2][:4, 2] = 0.5        # active on 4
     minimal = [[1, 1], [2, 1]]  # (2, 1) never fires
-    x, keys = design_matrix(acts, minimal, max_features=3)
+    read = [(layer, i) for layer, a in acts.items() for i in range(a.shape[1]) if (a[:, i] > 0).any()]
+    features = FeatureActivations(keys=read, values=torch.stack([acts[L][:, i] for L, i in read], dim=1),
+                                  mask=torch.ones(6, 1, dtype=torch.bool), all_active=(1, 2))
+    x, keys = design_matrix(features, minimal, max_features=3)
     # active minimal features first, then the most often active up to max_features, then the silent minimal ones
     assert keys == [(1, 1), (1, 4), (1, 0), (2, 1)]
     assert x.shape == (6, 4)
@@ -130,6 +134,6 @@ def test_design_matrix_keeps_the_minimal_set_and_the_most_often_active_features(
     torch.testing.assert_close(x[:, 0], acts[1][:, 1] / 4)
     assert (x[:, 3] == 0).all()
 
-    x, keys = design_matrix(acts, minimal, max_features=10)
+    x, keys = design_matrix(features, minimal, max_features=10)
     assert keys == [(1, 1), (1, 4), (1, 0), (2, 2), (1, 3), (2, 0), (2, 1)]
     assert x.amax(0).tolist() == [1, 1, 1, 1, 1, 1, 0]
