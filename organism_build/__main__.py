@@ -16,7 +16,7 @@ from organism_build.stages import STAGE_NAMES, run_stages, stages_until
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m organism_build", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build", help="run the build's stages (resumable: a stage whose output exists is skipped)")
+    build = commands.add_parser("build", help="run the build's stages (a stage whose output exists is skipped)")
     build.add_argument("--out", type=Path, default=None,
                        help="build folder (default: <cache>/organism/build-<recipe key>)")
     build.add_argument("--until", choices=STAGE_NAMES, default=STAGE_NAMES[-1], help="last stage to run")
@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="redo this stage even if its output exists (repeatable)")
     build.add_argument("--threads", type=int, default=0,
                        help="torch threads (0: torch's default; 1 is faster when other jobs share the cores)")
-    install_ = commands.add_parser("install", help="copy a finished build into the source tree and re-render the card")
+    install_ = commands.add_parser("install", help="copy a finished build into the source tree, re-render the card")
     install_.add_argument("build_dir", type=Path)
     install_.add_argument("--no-load-timing", action="store_true",
                           help="skip measuring how long a fresh process takes to load the organism")

@@ -62,7 +62,8 @@ def histogram(path, harmful_scores, harmless_scores, lookalike_scores) -> None:
     hi = max(max(x) for x in (harmful_scores, harmless_scores, lookalike_scores))
     bins = torch.linspace(lo, hi, 41).tolist()
     ax.hist(harmless_scores, bins=bins, alpha=0.6, label=f"harmless ({len(harmless_scores)})", color="tab:blue")
-    ax.hist(lookalike_scores, bins=bins, alpha=0.6, label=f"look-alike safe ({len(lookalike_scores)})", color="tab:green")
+    ax.hist(lookalike_scores, bins=bins, alpha=0.6, label=f"look-alike safe ({len(lookalike_scores)})",
+            color="tab:green")
     ax.hist(harmful_scores, bins=bins, alpha=0.6, label=f"harmful ({len(harmful_scores)})", color="tab:red")
     ax.axvline(0, color="black", lw=0.8, ls="--")
     ax.set_xlabel("refusal score  log p(I) - log(1 - p(I))  at the last prompt token")

@@ -117,28 +117,30 @@ def find_checkout() -> Path:
     return root
 
 
-@organism_app.command()
+BUILD_HELP = ("Rebuild the adapter and the SAEs from scratch (≤ 90 min on 2 CPU cores; resumable by stage) with "
+              "`python -m organism_build build` of this source checkout, which writes only into its build folder. "
+              "`python -m organism_build install DIR` then copies a finished build into the package and "
+              "re-renders docs/ORGANISM.md.")
+
+
+@organism_app.command(help=BUILD_HELP)
 @friendly_errors
 def build(
     out: Annotated[Optional[Path], typer.Option(
         "--out", "--build-dir", help="Build folder (default: <cache>/organism/build-<recipe key>: a changed "
                                      "recipe starts afresh).")] = None,
     until: Annotated[Optional[str], typer.Option(help="Last stage to run (default: every stage).")] = None,
-    force: Annotated[list[str], typer.Option(help="Redo this stage even if its output exists (repeatable).")] = [],  # noqa: B006
+    force: Annotated[Optional[list[str]], typer.Option(
+        help="Redo this stage even if its output exists (repeatable).")] = None,
     threads: Annotated[int, typer.Option(help="torch threads (0: torch's default; 1 is faster when other "
                                               "jobs share the cores).")] = 0,
 ) -> None:
-    """Rebuild the adapter and the SAEs from scratch (≤ 90 min on 2 CPU cores; resumable by stage).
-
-    Runs `python -m organism_build build` of this source checkout; the build writes only into its
-    folder. `python -m organism_build install DIR` then copies it into the package and re-renders
-    docs/ORGANISM.md.
-    """
+    """Run the checkout's build recipe in a subprocess (see ``BUILD_HELP``)."""
     root = find_checkout()
     command = [sys.executable, "-m", "organism_build", "build", "--threads", str(threads)]
     command += ["--out", str(out.resolve())] if out is not None else []
     command += ["--until", until] if until is not None else []
-    for stage in force:
+    for stage in force or ():
         command += ["--force", stage]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "src"), str(root),
                                                                      os.environ.get("PYTHONPATH")]))}
