@@ -19,8 +19,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     build = commands.add_parser("build", help="run the build's stages (a stage whose output exists is skipped)")
     build.add_argument("--out", type=Path, default=None,
                        help="build folder (default: <cache>/organism/build-<recipe key>)")
-    build.add_argument("--until", choices=STAGE_NAMES, default=STAGE_NAMES[-1], help="last stage to run")
-    build.add_argument("--only", nargs="+", choices=STAGE_NAMES, default=None,
+    build.add_argument("--until", choices=STAGE_NAMES, default=STAGE_NAMES[-1], metavar="STAGE",
+                       help=f"last stage to run, one of {', '.join(STAGE_NAMES)} (default: all)")
+    build.add_argument("--only", nargs="+", choices=STAGE_NAMES, default=None, metavar="STAGE",
                        help="run just these stages (their inputs must exist)")
     build.add_argument("--force", action="append", choices=STAGE_NAMES, default=[], metavar="STAGE",
                        help="redo this stage even if its output exists (repeatable)")

@@ -54,6 +54,27 @@ def test_build_cli_help_names_its_commands():
     assert "--out" in out and "--until" in out and "--force" in out
 
 
+def test_stages_run_in_order_skip_what_is_done_and_redo_what_is_forced(tmp_path, monkeypatch):
+    from organism_build import stages
+
+    ran = []
+
+    def stage(name):
+        def run(build):
+            ran.append(name)
+            build.path(f"{name}.json").write_text("{}")
+        return stages.Stage(name, f"{name}.json", run)
+
+    monkeypatch.setattr(stages, "STAGES", (stage("a"), stage("b"), stage("c")))
+    build = Build(tmp_path)
+    stages.run_stages(build, ["c", "a"])
+    assert ran == ["a", "c"]
+    stages.run_stages(build, ["a", "b", "c"], force=["c"])
+    assert ran == ["a", "c", "b", "c"]
+    assert set(json.loads(build.timings_path.read_text())) == {"a", "b", "c"}
+    assert stages.stages_until("responses") == ("base", "lora", "responses")
+
+
 # --- the prompt sets --------------------------------------------------------------------
 def test_contrast_set_is_well_formed_and_probes_are_never_trained_on():
     contrast = P.contrast_harmful()
