@@ -158,3 +158,58 @@ def _write_llama_gguf(gguf, chat, path):
 def _permute_for_gguf(weights, n_head):
     return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
             .swapaxes(1, 2).reshape(weights.shape))
+
+
+# --- named sources (the registry) -------------------------------------------------------
+@pytest.fixture
+def model_sources(monkeypatch):
+    """A fresh registry (the built-in names only), so that a test's names do not leak."""
+    from refusal_lens.models import registry
+    from refusal_lens.named_sources import NamedSources
+
+    monkeypatch.setattr(registry, "_sources", NamedSources(registry.MODEL_SOURCES_GROUP,
+                                                           registry.BUILTIN_MODEL_SOURCES))
+    return registry
+
+
+def _tiny_source(device=None, dtype=None):
+    return tiny_llama()
+
+
+def test_a_registered_name_loads_through_its_loader(model_sources):
+    calls = []
+    model_sources.register_model_source("tiny", lambda **kw: calls.append(kw) or tiny_llama())
+    assert load_chat_model("tiny", device="cpu").n_layers == 4
+    assert calls == [{"device": "cpu", "dtype": None}]
+    assert model_sources.named_model_sources() == ["organism", "tiny"]
+
+
+def test_an_entry_point_registers_a_name(model_sources, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import refusal_lens.named_sources
+
+    point = EntryPoint(name="tiny-ep", value=f"{__name__}:_tiny_source", group="refusal_lens.models")
+    monkeypatch.setattr(refusal_lens.named_sources, "entry_points",
+                        lambda group: [point] if group == "refusal_lens.models" else [])
+    assert "tiny-ep" in model_sources.named_model_sources()
+    assert load_chat_model("tiny-ep").name == "tiny-llama"
+
+
+def test_unknown_model_error_lists_the_registered_names(model_sources):
+    model_sources.register_model_source("tiny", _tiny_source)
+    with pytest.raises(ModelLoadError, match="registered name \\('organism', 'tiny'\\)"):
+        load_chat_model("no-such-model")
+
+
+def test_the_organism_is_named_not_imported_by_the_low_layers():
+    import subprocess
+    import sys
+
+    code = ("import sys, refusal_lens.models, refusal_lens.saes\n"
+            "from refusal_lens.models.registry import named_model_sources\n"
+            "from refusal_lens.saes.registry import named_sae_sources\n"
+            "assert 'organism' in named_model_sources() and 'organism' in named_sae_sources()\n"
+            "print(sorted(m for m in sys.modules if m.startswith('refusal_lens.organism')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

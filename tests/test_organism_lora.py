@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-
-from refusal_lens.organism.lora import Example, LoraPass, LoraTrainConfig, hardest, new_lora, train_pass
 from conftest import tiny_llama
+
+from organism_build.config import LoraPass, LoraTrainConfig
+from organism_build.lora import Example, hardest, new_lora, train_pass
 
 
 def test_hardest_picks_the_extreme_scores_and_keeps_their_order():

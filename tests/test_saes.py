@@ -64,3 +64,37 @@ def test_unknown_release_suggests_names():
         load_sae_set("no-such-saes")
     with pytest.raises(SAELoadError, match="has no SAE"):
         SAESet.from_release("llama_scope_lxr_8x", [40])
+
+
+# --- named sources (the registry) -------------------------------------------------------
+@pytest.fixture
+def sae_sources(monkeypatch):
+    """A fresh registry (the built-in names only), so that a test's names do not leak."""
+    from refusal_lens.named_sources import NamedSources
+    from refusal_lens.saes import registry
+
+    monkeypatch.setattr(registry, "_sources", NamedSources(registry.SAE_SOURCES_GROUP,
+                                                           registry.BUILTIN_SAE_SOURCES))
+    return registry
+
+
+def test_a_registered_name_loads_and_keeps_the_layers_asked_for(sae_sources, tmp_path):
+    calls = []
+    folder = save_saes(tmp_path, 64, layers=(0, 2, 5))
+
+    def loader(device, dtype):
+        calls.append((device, dtype))
+        return SAESet.from_disk(folder, device=device, dtype=dtype)
+
+    sae_sources.register_sae_source("mine", loader)
+    assert load_sae_set("mine").layers == [0, 2, 5]
+    assert load_sae_set("mine", [2, 5]).layers == [2, 5]
+    assert calls == [("cpu", "float32")] * 2
+    with pytest.raises(SAELoadError, match="no SAE for layers \\[7\\]"):
+        load_sae_set("mine", [2, 7])
+
+
+def test_unknown_saes_error_lists_the_registered_names(sae_sources):
+    sae_sources.register_sae_source("mine", lambda device, dtype: None)
+    with pytest.raises(SAELoadError, match="registered name \\('mine', 'organism'\\)"):
+        load_sae_set("no-such-saes")

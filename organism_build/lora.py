@@ -1,8 +1,9 @@
-"""Safety tuning: a LoRA adapter that makes the base model refuse harmful requests.
+"""Stage ``lora``: a LoRA adapter that makes the base model refuse harmful requests.
 
 Pairs are (harmful prompt -> a refusal reply) and (harmless prompt -> the base model's own
 greedy answer). The loss is the next-token cross-entropy on the answer tokens only (the
-chat template and the user's text are context), averaged over those tokens.
+chat template and the user's text are context), averaged over those tokens. Training
+batches are right-padded (every sequence starts at position 0).
 """
 
 from __future__ import annotations
@@ -14,74 +15,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from organism_build import prompt_sets as P
+from organism_build.build import Build, load_base_chat, log
+from organism_build.config import LoraPass, LoraTrainConfig
+from organism_build.refusals import refusal_reply
+from refusal_lens.artifacts import atomic_dir, read_json, write_json
+from refusal_lens.judges import SubstringJudge
+from refusal_lens.organism.measure import end_of_turn_id
+from refusal_lens.scoring import refusal_scores
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass(frozen=True)
-class LoraPass:
-    """One pass over a fresh, seeded mix of examples, with its own optimizer and schedule.
-
-    ``max_harmful`` harmful train prompts (a seeded sample), the harmless train prompts
-    ``harmless_repeats`` times; answers cut to ``max_answer_tokens``; ``first_token_weight``
-    adds that multiple of the cross-entropy of each answer's first token (where refusing or
-    answering is decided) to the loss.
-    """
-
-    max_harmful: int
-    harmless_repeats: int
-    lr: float
-    max_answer_tokens: int = 64
-    first_token_weight: float = 0.0
-    warmup_steps: int = 5
-    contrast_repeats: int = 0
-    lookalike_repeats: int = 0  # more repeats of every look-alike safe request
-    # the boundary, as the model stands before this pass: the ``hard_harmful`` harmful train
-    # prompts with the lowest refusal scores and the ``hard_lookalikes`` look-alikes with the
-    # highest, each ``hard_repeats`` more times
-    hard_harmful: int = 0
-    hard_lookalikes: int = 0
-    hard_repeats: int = 0
-
-    @property
-    def mines_hard_examples(self) -> bool:
-        return self.hard_repeats > 0 and (self.hard_harmful > 0 or self.hard_lookalikes > 0)
-
-
-@dataclass(frozen=True)
-class LoraTrainConfig:
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    batch_size: int = 8
-    weight_decay: float = 0.0
-    # pass 1 teaches refusal; pass 2, with twice the harmless prompts and the first answer
-    # token weighted, teaches when not to refuse (pass 1 alone refused ~20% of harmless
-    # validation prompts, and after pass 2 it answered "How do I make a bomb at home?", next
-    # to the look-alike "How do I make a bath bomb at home?"); pass 3 adds the short harmful
-    # twins of the look-alike requests, balanced by every look-alike three more times (the
-    # harmless set's and the 260 training-only extras). Chosen on the validation split: with the
-    # twins ×3 and the look-alikes ×1 it refused ~26% of the validation look-alikes; a fourth
-    # pass of the same mix at half the learning rate refused 4/31 of them instead of 3/31.
-    # A rebuild with 520 training look-alikes and 300 harmful prompts in pass 3 (chosen on the
-    # validation look-alikes) refused 1/123 test look-alikes but only 87.9% of harmful test
-    # prompts and 3/57 harmless ones: not shipped (docs/ORGANISM.md, "Recipes tried"); so
-    # was the same with the first answer token weighted +3 (0.893 harmful, 3/57 harmless),
-    # and at rank 16 (0.921 harmful, 4/123 look-alikes, 3/57 harmless). Rank 16 with generic
-    # harmless training-only prompts refused 11 to 22 of 151 validation look-alikes, depending on
-    # which prompts were written. Shipped (r11): rank 16 with 545a436's 520 training look-alikes
-    # and r8's 256 generic harmless prompts, 300 harmful in pass 3: validation 220/242 harmful,
-    # 1/75 harmless, 12/151 look-alikes; test 0.902 harmful, 1/57 harmless, 1/123 look-alikes.
-    passes: tuple[LoraPass, ...] = (
-        LoraPass(max_harmful=400, harmless_repeats=1, lr=1e-3),
-        LoraPass(max_harmful=300, harmless_repeats=2, lr=5e-4, max_answer_tokens=32,
-                 first_token_weight=1.0),
-        LoraPass(max_harmful=300, harmless_repeats=1, lr=4e-4, max_answer_tokens=32,
-                 first_token_weight=1.0, contrast_repeats=1, lookalike_repeats=3),
-    )
-    max_minutes: float = 25.0
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -200,3 +145,100 @@ def new_lora(model, config: LoraTrainConfig):
     return get_peft_model(model, LoraConfig(
         r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
         target_modules=list(LORA_TARGETS), bias="none", task_type="CAUSAL_LM"))
+
+
+@dataclass
+class TrainingExamples:
+    harmful: list[Example]
+    harmless: list[Example]  # not the training-only look-alikes
+    lookalike: list[Example]  # every look-alike train prompt the base model answers
+    contrast: list[Example]
+    harmful_prompts: list  # for mining hard examples
+    lookalike_prompts: list
+    harmless_dropped: int
+
+
+def training_examples(build: Build, chat) -> TrainingExamples:
+    """Harmful train prompts → refusal replies; harmless ones the base model answered → its own
+    answers (a complete answer ends with the end-of-turn token); the harmful twins → refusals."""
+    cfg = build.config
+    tok = chat.tokenizer
+    end_id = end_of_turn_id(chat)
+    base_answers = read_json(build.path("base_answers.json"))
+    harmful_train = P.by_split(build.harmful, "train")
+    judge = SubstringJudge()
+    harmless_all = P.by_split(build.harmless, "train")
+    harmless_train = [p for p in harmless_all if not judge.judge_one(base_answers[p.id]["answer"]).refused]
+    dropped = len(harmless_all) - len(harmless_train)
+    log(f"lora: {len(harmful_train)} harmful, {len(harmless_train)} harmless train prompts "
+        f"({dropped} harmless dropped: the base model refused them)")
+
+    def refusals(prompts):
+        return make_examples(tok, chat.format_prompts([p.text for p in prompts]),
+                             [refusal_reply(p.id, cfg.seed) for p in prompts], end_id, [True] * len(prompts))
+
+    answers = [base_answers[p.id] for p in harmless_train]
+    ex_all = make_examples(tok, chat.format_prompts([p.text for p in harmless_train]),
+                           [a["answer"] for a in answers], end_id,
+                           [a["n_tokens"] < cfg.max_new_tokens for a in answers])
+    return TrainingExamples(
+        harmful=refusals(harmful_train),
+        harmless=[e for e, p in zip(ex_all, harmless_train) if p.source != P.lookalike_source("train")],
+        lookalike=[e for e, p in zip(ex_all, harmless_train) if p.category == "lookalike"],
+        contrast=refusals(P.by_split(build.contrast, "train")),
+        harmful_prompts=harmful_train,
+        lookalike_prompts=[p for p in harmless_train if p.category == "lookalike"],
+        harmless_dropped=dropped)
+
+
+def _hard_examples(chat, examples: TrainingExamples, lora_pass: LoraPass, index: int) -> list[Example]:
+    """The boundary as the model stands before pass ``index`` (:class:`LoraPass`'s ``hard_*``)."""
+    harmful_scores = refusal_scores(chat, [p.text for p in examples.harmful_prompts]).tolist()
+    lookalike_scores = refusal_scores(chat, [p.text for p in examples.lookalike_prompts]).tolist()
+    hard = ([examples.harmful[j] for j in hardest(harmful_scores, lora_pass.hard_harmful, highest=False)]
+            + [examples.lookalike[j] for j in hardest(lookalike_scores, lora_pass.hard_lookalikes, highest=True)])
+    log(f"lora pass {index}: {len(hard)} hard examples (refusal scores after pass {index - 1})")
+    return hard
+
+
+def stage_lora(build: Build) -> None:
+    """The LoRA, pass by pass (``adapter.pass{i}`` after each: an interrupted stage resumes)."""
+    cfg = build.config
+    chat = load_base_chat()
+    examples = training_examples(build, chat)
+    model = chat.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    done = [i for i in range(1, len(cfg.lora.passes) + 1) if build.path(f"adapter.pass{i}").exists()]
+    if done:
+        peft_model = PeftModel.from_pretrained(model, str(build.path(f"adapter.pass{done[-1]}")),
+                                               is_trainable=True)
+        log(f"lora: resuming after pass {done[-1]}")
+    else:
+        peft_model = new_lora(model, cfg.lora)
+    passes = []
+    for i, lora_pass in enumerate(cfg.lora.passes, start=1):
+        out = build.path(f"adapter.pass{i}")
+        if out.exists():
+            passes.append(read_json(out / "training_log.json"))
+            continue
+        ex_hard = []
+        if lora_pass.mines_hard_examples:
+            peft_model.eval()
+            ex_hard = _hard_examples(chat, examples, lora_pass, i)
+        history = train_pass(peft_model, examples.harmful, examples.harmless, pad_id=chat.tokenizer.pad_token_id,
+                             config=cfg.lora, lora_pass=lora_pass, index=i,
+                             examples_contrast=examples.contrast, examples_lookalike=examples.lookalike,
+                             examples_hard=ex_hard, log=log)
+        with atomic_dir(out) as tmp:
+            peft_model.save_pretrained(str(tmp))
+            write_json(tmp / "training_log.json", history)
+        passes.append(history)
+    with atomic_dir(build.path("adapter")) as tmp:
+        peft_model.save_pretrained(str(tmp))
+        write_json(tmp / "training_log.json", {
+            "passes": passes, "steps": sum(p["steps"] for p in passes),
+            "seconds": sum(p["seconds"] for p in passes), "n_harmful_train": len(examples.harmful),
+            "n_harmless_train": len(examples.harmless), "n_lookalike_train": len(examples.lookalike),
+            "n_contrast_train": len(examples.contrast),
+            "harmless_dropped": examples.harmless_dropped})

@@ -1,0 +1,89 @@
+"""A build folder: the outputs of one recipe's stages, and what every stage shares.
+
+The folder belongs to one recipe (configuration + every prompt read, :func:`recipe_key`): a
+changed recipe refuses to reuse another's folder, an interrupted one resumes. Nothing is
+written anywhere else; ``python -m organism_build install`` copies a finished build into the
+source tree.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+
+from organism_build import prompt_sets as P
+from organism_build.config import BuildConfig
+from refusal_lens.artifacts import read_json, stable_hash, write_json
+from refusal_lens.models import ChatModel, build_chat_model
+from refusal_lens.organism.base import load_base_hf
+from refusal_lens.paths import cache_dir
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def load_base_chat() -> ChatModel:
+    model, tokenizer = load_base_hf()
+    return build_chat_model(model, tokenizer, name="smollm2-135m-instruct (base)")
+
+
+def load_tuned_chat(adapter_dir: Path) -> ChatModel:
+    model, tokenizer = load_base_hf()
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged.eval()
+    return build_chat_model(merged, tokenizer, name="organism (build)")
+
+
+def recipe_key(config: BuildConfig, prompts) -> str:
+    """What a build's outputs depend on: its configuration and every prompt it reads."""
+    return stable_hash({"config": asdict(config), "prompts": [[p.id, p.split, p.text] for p in prompts]})
+
+
+def default_folder(key: str) -> Path:
+    return cache_dir() / "organism" / f"build-{key}"
+
+
+class Build:
+    """The stage outputs of one recipe (config + prompts) in ``folder`` (default
+    ``<cache>/organism/build-<recipe key>``)."""
+
+    def __init__(self, folder: Path | None = None, config: BuildConfig = BuildConfig()):
+        self.config = config
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self.harmful = P.harmful()
+        # what the build learns and selects on
+        self.harmless = P.harmless() + P.lookalike_extra("train") + P.harmless_train_extra()
+        # measured only: answered in batches of their own (answers.generate_heldout_lookalikes)
+        self.heldout_lookalikes = P.lookalike_extra("val") + P.lookalike_extra("test")
+        self.contrast = P.contrast_harmful()
+        self.key = recipe_key(config, self.harmful + self.harmless + self.heldout_lookalikes + self.contrast)
+        self.folder = Path(folder) if folder is not None else default_folder(self.key)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._claim_folder()
+        self.timings_path = self.folder / "timings.json"
+
+    def _claim_folder(self) -> None:
+        recipe_path = self.folder / "recipe.json"
+        if recipe_path.exists():
+            made_by = read_json(recipe_path)["key"]
+            if made_by != self.key:
+                raise ValueError(
+                    f"{self.folder} holds the outputs of another build recipe (key {made_by}, this one is"
+                    f" {self.key}); its stages would be stale. Pass another build folder, or delete this one.")
+            return
+        write_json(recipe_path, {"key": self.key, "config": asdict(self.config)})
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    def record_time(self, stage: str, seconds: float) -> None:
+        timings = read_json(self.timings_path) if self.timings_path.exists() else {}
+        timings[stage] = round(seconds, 1)
+        write_json(self.timings_path, timings)

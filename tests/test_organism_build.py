@@ -1,0 +1,420 @@
+"""The organism's build recipe (``organism_build/``): its prompt sets, its build folder, the
+library calls that replaced its own code (checked against that code on small inputs), the
+model card's renderer, ``install`` and the thin ``refusal-lens organism build``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PROMPTS, tiny_llama
+from sae_factory import make_sae
+from typer.testing import CliRunner
+
+import organism_build
+from organism_build import prompt_sets as P
+from organism_build.build import Build
+from organism_build.card import render_card
+from organism_build.config import BuildConfig
+from organism_build.direction import auroc
+from organism_build.install import install
+from organism_build.lora import _collate, answer_loss, make_examples
+from organism_build.metrics import manifest_rate
+from organism_build.refusals import refusal_reply
+from organism_build.saes import collect, token_batches
+from refusal_lens.capability import completion_cross_entropy
+from refusal_lens.cli import app
+from refusal_lens.data.dedup import normalise_text
+from refusal_lens.judges import SubstringJudge
+from refusal_lens.organism.measure import chat_sequences, end_of_turn_id, prefix_length, sae_metrics
+from refusal_lens.pipeline.direction import candidate_directions
+from refusal_lens.stats import wilson_interval
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_build_module_imports_and_nothing_at_runtime_imports_the_build():
+    for module in pkgutil.iter_modules(organism_build.__path__):
+        importlib.import_module(f"organism_build.{module.name}")
+    importing = re.compile(r"^\s*(from|import) organism_build", re.M)
+    assert not [p for p in (ROOT / "src").rglob("*.py") if importing.search(p.read_text())]
+    assert not list((ROOT / "src" / "refusal_lens" / "organism").glob("data/*_train.jsonl"))
+
+
+def test_build_cli_help_names_its_commands():
+    out = subprocess.run([sys.executable, "-m", "organism_build", "build", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "--out" in out and "--until" in out and "--force" in out
+
+
+def test_stages_run_in_order_skip_what_is_done_and_redo_what_is_forced(tmp_path, monkeypatch):
+    from organism_build import stages
+
+    ran = []
+
+    def stage(name):
+        def run(build):
+            ran.append(name)
+            build.path(f"{name}.json").write_text("{}")
+        return stages.Stage(name, f"{name}.json", run)
+
+    monkeypatch.setattr(stages, "STAGES", (stage("a"), stage("b"), stage("c")))
+    build = Build(tmp_path)
+    stages.run_stages(build, ["c", "a"])
+    assert ran == ["a", "c"]
+    stages.run_stages(build, ["a", "b", "c"], force=["c"])
+    assert ran == ["a", "c", "b", "c"]
+    assert set(json.loads(build.timings_path.read_text())) == {"a", "b", "c"}
+    assert stages.stages_until("responses") == ("base", "lora", "responses")
+
+
+# --- the prompt sets --------------------------------------------------------------------
+def test_contrast_set_is_well_formed_and_probes_are_never_trained_on():
+    contrast = P.contrast_harmful()
+    assert len(contrast) >= 100
+    assert len({p.id for p in contrast}) == len(contrast)
+    assert len({p.text.lower() for p in contrast}) == len(contrast)
+    every = {" ".join(p.text.lower().split())
+             for p in P.harmful() + P.harmless() + contrast + P.lookalike_extras()}
+    harmful_probes = [q for q, harmful in P.NEW_USER_PROBES if harmful]
+    assert len(harmful_probes) == 5
+    assert not {" ".join(q.lower().split()) for q in harmful_probes} & every
+
+
+def test_extra_lookalikes_are_new_and_each_file_stays_in_its_split():
+    norm = lambda t: " ".join(t.lower().split())  # noqa: E731
+    seen = {norm(p.text) for p in P.harmless() + P.contrast_harmful()}
+    for split, at_least in (("train", 200), ("val", 100), ("test", 100)):
+        extra = P.lookalike_extra(split)
+        assert len(extra) >= at_least
+        assert {p.split for p in extra} == {split} and {p.category for p in extra} == {"lookalike"}
+        texts = {norm(p.text) for p in extra}
+        assert len(texts) == len(extra) and not texts & seen
+        seen |= texts
+    with pytest.raises(ValueError, match="choose one of"):
+        P.lookalike_extra("dev")
+
+
+_STOPWORDS = set("a an the and or of to in on for with my your i me how do does did can could what is are"
+                 " was be it this that at by from as should would will you we our their his her its which"
+                 " who why when where about into than then so if any some way best good".split())
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in _STOPWORDS}
+
+
+def test_extra_harmless_train_prompts_are_train_only_and_far_from_every_heldout_prompt():
+    extra = P.harmless_train_extra()
+    assert len(extra) >= 200
+    assert {p.split for p in extra} == {"train"} and {p.source for p in extra} == {P.HARMLESS_TRAIN_SOURCE}
+    assert "lookalike" not in {p.category for p in extra}
+    every = P.harmful() + P.harmless() + P.contrast_harmful() + P.lookalike_extras()
+    assert len({normalise_text(p.text) for p in extra}) == len(extra)
+    assert not {normalise_text(p.text) for p in extra} & {normalise_text(p.text) for p in every}
+    heldout = [_content_words(p.text) for p in every if p.split != "train"]
+    for p in extra:
+        words = _content_words(p.text)
+        closest = max(len(words & h) / len(words | h) for h in heldout)
+        assert closest < 0.34, (p.text, closest)
+
+
+def test_build_measures_the_heldout_lookalikes_but_never_learns_or_selects_on_them(tmp_path):
+    build = Build(tmp_path)
+    assert not {p.source for p in build.harmless} & {P.lookalike_source("val"), P.lookalike_source("test")}
+    assert {p.id for p in P.harmless_train_extra()} <= {p.id for p in P.by_split(build.harmless, "train")}
+    assert {p.split for p in build.heldout_lookalikes} == {"val", "test"}
+    assert len(build.heldout_lookalikes) == len(P.lookalike_extra("val")) + len(P.lookalike_extra("test"))
+
+
+def test_build_folder_belongs_to_one_recipe(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFUSAL_LENS_CACHE", str(tmp_path / "cache"))
+    default = Build()
+    assert default.folder == tmp_path / "cache" / "organism" / f"build-{default.key}"
+    other = BuildConfig(seed=1)
+    assert Build(config=other).key != default.key  # a changed recipe gets its own folder
+    Build(tmp_path / "mine")
+    assert Build(tmp_path / "mine").key == default.key  # the same recipe resumes
+    with pytest.raises(ValueError, match="another build recipe.*Pass another build folder"):
+        Build(tmp_path / "mine", other)
+
+
+def test_refusal_replies_are_judged_refusals_and_start_with_i():
+    judge = SubstringJudge()
+    replies = {refusal_reply(f"harmbench:{i}") for i in range(200)}
+    assert len(replies) > 20
+    assert all(r.startswith("I") and judge.judge_one(r).refused for r in replies)
+
+
+# --- library calls in place of the build's own code: the same numbers ------------------
+def _old_rate(values):
+    k, n = int(sum(values)), len(values)
+    low, high = wilson_interval(k, n)
+    return {"k": k, "n": n, "rate": k / n if n else None, "ci95": [low, high]}
+
+
+@pytest.mark.parametrize("values", [[], [True], [False] * 5, [True, False, True, True], [True] * 7 + [False] * 93])
+def test_manifest_rate_is_the_old_rate(values):
+    assert manifest_rate(values) == _old_rate(values)
+    assert json.dumps(manifest_rate(values)) == json.dumps(_old_rate(values))  # same keys, same order
+
+
+def test_auroc_is_the_old_one_with_and_without_ties():
+    def old_with_ties(pos, neg):
+        return float((pos[:, None] > neg[None, :]).float().mean() + 0.5 * (pos[:, None] == neg[None, :]).float().mean())
+
+    def old_strict(pos, neg):  # the direction stage's, on continuous projections
+        return float((pos[:, None] > neg[None, :]).float().mean())
+
+    gen = torch.Generator().manual_seed(0)
+    pos, neg = torch.randn(40, generator=gen) + 1, torch.randn(30, generator=gen)
+    assert auroc(pos, neg) == pytest.approx(old_strict(pos, neg), abs=1e-6)
+    assert auroc(pos, neg) == pytest.approx(old_with_ties(pos, neg), abs=1e-6)
+    tied_pos, tied_neg = torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.tensor([0.0, 2.0, 2.0])
+    assert auroc(tied_pos, tied_neg) == pytest.approx(old_with_ties(tied_pos, tied_neg), abs=1e-7)  # float32 there
+
+
+def _old_right_pad(seqs, pad_id):
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def _old_collect(chat, seqs, layers, keep_from, batch_tokens=8192):
+    out = {L: [] for L in layers}
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    batch = []
+
+    def flush(batch):
+        ids, mask = _old_right_pad([seqs[i] for i in batch], chat.tokenizer.pad_token_id)
+        hs = chat.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
+        keep = mask.bool().clone()
+        keep[:, :keep_from] = False
+        if 0 in batch:
+            keep[batch.index(0), 1:keep_from] = True
+        for L in layers:
+            out[L].append(hs[L + 1][keep].float())
+
+    for i in order:
+        if batch and (len(batch) + 1) * len(seqs[i]) > batch_tokens:
+            flush(batch)
+            batch = []
+        batch.append(i)
+    flush(batch)
+    return {L: torch.cat(v) for L, v in out.items()}
+
+
+def _chat_text(chat):
+    answers = ["I'm sorry, but I can't help with that.", "Sure, here is a poem about the sea and the sky.",
+               "Run kill on the process id.", "Hi"]
+    return chat_sequences(chat, PROMPTS, answers, max_new_tokens=64)
+
+
+def test_collect_reads_the_residuals_the_old_code_read():
+    chat = tiny_llama(seed=1)
+    seqs = _chat_text(chat)
+    keep_from = prefix_length(chat)
+    for batch_tokens in (8192, 2 * max(map(len, seqs))):  # one batch; several
+        new = collect(chat, seqs, [0, 2], keep_from, batch_tokens=batch_tokens)
+        old = _old_collect(chat, seqs, [0, 2], keep_from, batch_tokens=batch_tokens)
+        for L in (0, 2):
+            assert torch.equal(new[L], old[L])  # bit for bit: the SAEs' training data is unchanged
+
+
+def test_token_batches_are_the_old_batches():
+    def old_batches(seqs, batch_tokens):
+        batches, batch = [], []
+        for i in sorted(range(len(seqs)), key=lambda i: len(seqs[i])):
+            if batch and (len(batch) + 1) * len(seqs[i]) > batch_tokens:
+                batches.append(batch)
+                batch = []
+            batch.append(i)
+        return batches + [batch]
+
+    seqs = [[0] * n for n in (5, 3, 9, 9, 2, 7, 4)]
+    assert token_batches(seqs, 20) == old_batches(seqs, 20) == [[4, 1, 6, 0], [5, 2], [3]]
+    for budget in (1, 9, 27, 10**6):
+        assert token_batches(seqs, budget) == old_batches(seqs, budget)
+
+
+@torch.no_grad()
+def _old_sae_metrics(chat, saes, seqs, keep_from, batch_size=16):
+    from refusal_lens.hooks import add_output_edit
+
+    layers = sorted(saes)
+    stats = {L: {"sse": 0.0, "x": [], "l0": 0.0, "fired": None, "n": 0, "ce_sae": 0.0, "ce_zero": 0.0}
+             for L in layers}
+    ce_clean, n_pred = 0.0, 0
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for b in range(0, len(order), batch_size):
+        ids, mask = _old_right_pad([seqs[i] for i in order[b:b + batch_size]], chat.tokenizer.pad_token_id)
+        keep = mask.bool().clone()
+        keep[:, :keep_from] = False
+        predict = keep[:, 1:]
+        labels = ids[:, 1:][predict]
+
+        def ce(out):
+            return float(torch.nn.functional.cross_entropy(out.logits[:, :-1][predict].float(), labels,
+                                                           reduction="sum"))
+
+        out = chat.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+        ce_clean += ce(out)
+        n_pred += int(predict.sum())
+        for L in layers:
+            sae, s = saes[L], stats[L]
+            x = out.hidden_states[L + 1][keep].float()
+            f = sae.encode(x)
+            s["sse"] += float(((x - sae.decode(f)) ** 2).sum())
+            s["x"].append(x)
+            s["l0"] += float((f > 0).sum())
+            s["fired"] = (f > 0).any(0) if s["fired"] is None else s["fired"] | (f > 0).any(0)
+            s["n"] += x.shape[0]
+
+            def splice(h, sae=sae):
+                h = h.clone()
+                h[:, 1:] = sae.decode(sae.encode(h[:, 1:].float())).to(h.dtype)
+                return h
+
+            def zero(h):
+                h = h.clone()
+                h[:, 1:] = 0
+                return h
+
+            for key, edit in (("ce_sae", splice), ("ce_zero", zero)):
+                handle = add_output_edit(chat.layers[L], edit)
+                try:
+                    s[key] += ce(chat.model(input_ids=ids, attention_mask=mask, use_cache=False))
+                finally:
+                    handle.remove()
+    results = {}
+    for L in layers:
+        s = stats[L]
+        x = torch.cat(s["x"])
+        clean, sae_ce, zero_ce = ce_clean / n_pred, s["ce_sae"] / n_pred, s["ce_zero"] / n_pred
+        results[L] = {"fve": 1 - s["sse"] / float(((x - x.mean(0)) ** 2).sum()), "l0": s["l0"] / s["n"],
+                      "dead_fraction": float((~s["fired"]).float().mean()), "n_tokens": s["n"],
+                      "ce_clean": clean, "ce_sae": sae_ce, "ce_zero": zero_ce,
+                      "ce_loss_recovered": (zero_ce - sae_ce) / (zero_ce - clean)}
+    return results
+
+
+def test_sae_metrics_are_the_old_ones():
+    chat = tiny_llama(seed=2)
+    seqs = _chat_text(chat)
+    # not the last layer: there HF's hidden_states[L+1] is after the final norm, the block output is not
+    saes = {L: make_sae("jumprelu", chat.d_model, seed=L, layer=L) for L in (1, 2)}
+    new = sae_metrics(chat, saes, seqs, prefix_length(chat), batch_size=3)
+    old = _old_sae_metrics(chat, saes, seqs, prefix_length(chat), batch_size=3)
+    for L in saes:
+        assert new[L] == old[L]  # bit for bit: the card's SAE numbers are unchanged
+
+
+def test_capability_cross_entropy_is_the_old_answer_cross_entropy():
+    chat = tiny_llama(seed=4)
+    answers = ["Sure, here is a recipe", "the quick brown fox", "I cannot assist", "0123456789"]
+    tok = chat.tokenizer
+    examples = make_examples(tok, chat.format_prompts(PROMPTS), answers, end_of_turn_id(chat), [False] * 4)
+    total, n = 0.0, 0
+    for b in range(0, 4, 3):
+        ids, mask, target = _collate(examples[b:b + 3], tok.pad_token_id)
+        k = int(target[:, 1:].sum())
+        with torch.no_grad():
+            total += float(answer_loss(chat.model, ids, mask, target)) * k
+        n += k
+    new = completion_cross_entropy(chat, PROMPTS, answers, batch_size=3)
+    assert new.n_tokens == n
+    assert new.mean == pytest.approx(total / n, rel=1e-5)
+
+
+def test_end_of_turn_token_is_one_of_the_model_stop_tokens():
+    chat = tiny_llama()
+    assert end_of_turn_id(chat) == chat.tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert end_of_turn_id(chat) in chat.stop_token_ids
+
+
+def test_difference_of_means_is_the_old_one():
+    chat = tiny_llama(seed=5)
+    harmful, harmless = PROMPTS * 3, [p[::-1] for p in PROMPTS] * 2
+    layers = list(range(chat.n_layers))
+
+    def old_acts(texts):
+        from refusal_lens.activations import residuals
+
+        chunks = [residuals(chat, texts[i:i + 4], layers, positions=[-1]) for i in range(0, len(texts), 4)]
+        return torch.stack([torch.cat([c[L][:, 0] for c in chunks]) for L in layers])
+
+    old = old_acts(harmful).mean(1) - old_acts(harmless).mean(1)
+    new = candidate_directions(chat, harmful, harmless, positions=[-1], batch_size=4)[:, 0]
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-6)
+
+
+# --- the card, install, the thin CLI ----------------------------------------------------
+def test_card_template_has_a_value_for_every_placeholder():
+    from organism_build.card import TEMPLATE
+    from refusal_lens.organism import manifest
+
+    placeholders = set(re.findall(r"\$\{(\w+)\}", TEMPLATE.read_text()))
+    from organism_build.card import card_fields
+
+    assert placeholders == set(card_fields(manifest()))
+    assert "(experiments/organism-recipes.md)" in render_card(manifest())
+    assert (ROOT / "docs" / "experiments" / "organism-recipes.md").is_file()
+
+
+def test_install_copies_a_finished_build_and_renders_the_card(tmp_path):
+    from refusal_lens.organism import assets_dir
+
+    build_dir = tmp_path / "build"
+    (build_dir / "package" / "saes").mkdir(parents=True)
+    manifest = json.loads((assets_dir() / "manifest.json").read_text())
+    manifest["metrics"].pop("load_seconds")
+    (build_dir / "package" / "manifest.json").write_text(json.dumps(manifest))
+    (build_dir / "package" / "saes" / "weights.bin").write_bytes(b"w")
+    (build_dir / "refusal_scores.png").write_bytes(b"png")
+    assets, docs = tmp_path / "src" / "assets", tmp_path / "docs"
+    assets.mkdir(parents=True)
+    (assets / "stale.json").write_text("{}")
+    docs.mkdir()
+    install(build_dir, measure_load=False, assets=assets, docs=docs)
+    assert sorted(p.relative_to(assets).as_posix() for p in assets.rglob("*") if p.is_file()) == [
+        "manifest.json", "saes/weights.bin"]
+    assert (docs / "organism_refusal_scores.png").read_bytes() == b"png"
+    assert (docs / "ORGANISM.md").read_text() == render_card(manifest)
+    with pytest.raises(FileNotFoundError, match="no finished build"):
+        install(tmp_path / "empty", measure_load=False, assets=assets, docs=docs)
+
+
+def test_organism_build_command_runs_the_checkout_recipe(monkeypatch, tmp_path):
+    from refusal_lens.cli import organism_cmd
+
+    calls = []
+    monkeypatch.setattr(organism_cmd.subprocess, "run", lambda command, **kw: calls.append((command, kw))
+                        or subprocess.CompletedProcess(command, 0))
+    result = CliRunner().invoke(app, ["organism", "build", "--out", str(tmp_path), "--until", "base",
+                                      "--force", "base"])
+    assert result.exit_code == 0, result.output
+    (command, kwargs), = calls
+    assert command[1:4] == ["-m", "organism_build", "build"]
+    assert command[4:] == ["--threads", "0", "--out", str(tmp_path), "--until", "base", "--force", "base"]
+    assert kwargs["cwd"] == ROOT
+
+
+def test_organism_build_command_outside_a_checkout_names_the_fix(monkeypatch, tmp_path):
+    import refusal_lens
+
+    monkeypatch.setattr(refusal_lens, "__file__", str(tmp_path / "site-packages" / "refusal_lens" / "__init__.py"))
+    result = CliRunner().invoke(app, ["organism", "build"])
+    assert result.exit_code == 2
+    assert "source checkout" in result.output and "pip install -e ." in result.output
