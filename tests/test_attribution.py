@@ -7,7 +7,8 @@ from sae_factory import make_sae
 
 from refusal_lens.activations import model_inputs, residuals
 from refusal_lens.attribution import (activation_difference_features, attribute, attribution_features,
-                                      cosine_features, cossim_ap_features, feature_scores, interpolation_points)
+                                      cosine_features, cossim_ap_features, feature_scores, interpolation_points,
+                                      jailbreak_tokens)
 from refusal_lens.hooks import add_output_edit, hooks_removed_on_exit
 from refusal_lens.interventions import DirectionalAblation, intervene
 from refusal_lens.saes import SAESet
@@ -61,7 +62,9 @@ def reference_ig(chat_model, sae, layer, instructions, direction, steps):
     patched = residuals(chat_model, batch, [layer], interventions=[ablation])[layer]
     refusal = chat_model.refusal_token_ids[0]
     with torch.no_grad():
-        jailbreak = full_last_logits(chat_model, batch, [ablation]).argmax(-1)
+        patched_logits = full_last_logits(chat_model, batch, [ablation])
+        patched_logits[:, chat_model.refusal_token_ids] = float("-inf")
+        jailbreak = patched_logits.argmax(-1)
         f_clean, f_patched = sae.encode(clean), sae.encode(patched)
         e_clean, e_patched = clean - sae.decode(f_clean), patched - sae.decode(f_patched)
 
@@ -112,6 +115,7 @@ def test_integrated_gradients_equal_the_dense_reference(request, model, architec
 
 
 def test_completeness_gap_shrinks_as_steps_grow(llama64):
+    assert interpolation_points(4).tolist() == [0.0, 0.25, 0.5, 0.75]  # left Riemann sum: α = 0 first
     saes = saes_for(llama64)
     direction = direction_for(llama64)
     gaps = {}
@@ -174,6 +178,19 @@ def test_no_gradient_reaches_any_weight(llama64, method):
     attribute(llama64, saes, PROMPTS[:2], direction_for(llama64), method=method, steps=2)
     assert all(p.grad is None for p in params)
     assert [p.requires_grad for p in params] == flags
+
+
+def test_the_jailbreak_token_is_never_the_refusal_token(llama64):
+    """Where the patched model's argmax is the refusal token itself, m would be 0 everywhere."""
+    saes = saes_for(llama64, layers=[3])
+    direction = direction_for(llama64)
+    plain = attribute(llama64, saes, PROMPTS, direction, method="atp")
+    argmax = int(plain.jailbreak_token[0])
+    result = attribute(llama64, saes, PROMPTS, direction, method="atp", refusal_token=argmax)
+    assert result.refusal_token == argmax
+    assert (result.jailbreak_token != argmax).all() and (result.m_patched != 0).all()
+    logits = torch.tensor([[0.0, 5.0, 4.0, 1.0], [3.0, 2.0, 9.0, 1.0]])
+    assert jailbreak_tokens(logits, [1, 2]).tolist() == [3, 0]
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -16,12 +16,13 @@ from refusal_lens.attribution.feature_sets import (DEFAULT_K, activation_differe
                                                    attribution_features, cosine_features, cossim_ap_features,
                                                    mean_activations)
 from refusal_lens.attribution.gradients import interpolation_points
-from refusal_lens.attribution.metric import metric_from_logits
+from refusal_lens.attribution.metric import jailbreak_tokens, metric_from_logits
 from refusal_lens.attribution.result import (AttributionResult, FeatureScores, LayerAttribution, ScoredFeature,
                                              feature_scores)
 
 __all__ = [
     "DEFAULT_K", "AttributionResult", "FeatureScores", "LayerAttribution", "ScoredFeature",
     "activation_difference_features", "attribute", "attribution_features", "check_sae", "cosine_features",
-    "cossim_ap_features", "feature_scores", "interpolation_points", "mean_activations", "metric_from_logits",
+    "cossim_ap_features", "feature_scores", "interpolation_points", "jailbreak_tokens", "mean_activations",
+    "metric_from_logits",
 ]

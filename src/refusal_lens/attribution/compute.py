@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from refusal_lens.attribution.decomposition import LayerChanges, check_sae, decompose
 from refusal_lens.attribution.gradients import (clean_point_gradients, integrated_gradient,
                                                 interpolation_points, logits_from_layer)
-from refusal_lens.attribution.metric import forward_capturing, metric_from_logits
+from refusal_lens.attribution.metric import forward_capturing, jailbreak_tokens, metric_from_logits
 from refusal_lens.attribution.result import AttributionResult, LayerAttribution
 from refusal_lens.interventions import DirectionalAblation
 from refusal_lens.models import ChatModel
@@ -63,13 +63,15 @@ def attribute(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], 
     (default: every layer of ``saes``), per prompt, position and feature (METHOD.md §5).
 
     "Patched" is directional ablation of ``direction`` at all layers; the jailbreak token is
-    each prompt's argmax next token under it; the refusal token is the model's first refusal
-    token unless given. ``method="ig"``: integrated gradients one layer at a time, ``steps``
-    points ``α = k/steps, k = 0..steps-1`` (``steps=1`` is attribution patching);
-    ``method="atp"``: attribution patching at every layer from one backward pass.
-    ``layer_patched_metric`` (default: on for ``ig``, off for ``atp``) also runs the layers
-    above each SAE layer from its patched residual, for ``m_patched_at_layer`` (NaN when off).
-    ``batch_size`` prompts go through together (``× steps`` rows for ``ig``).
+    each prompt's argmax next token under it among the non-refusal tokens; the refusal token
+    is the model's first refusal token unless given.
+
+    ``method="ig"``: integrated gradients one layer at a time, ``steps`` points
+    ``α = k/steps, k = 0..steps-1`` (``steps=1`` is attribution patching). ``method="atp"``:
+    attribution patching at every layer from one backward pass. ``layer_patched_metric``
+    (default: on for ``ig``, off for ``atp``) also runs the layers above each SAE layer from
+    its patched residual, for ``m_patched_at_layer`` (NaN when off). ``batch_size`` prompts go
+    through together (``× steps`` rows for ``ig``).
     """
     instructions = list(instructions)
     if method not in ("ig", "atp"):
@@ -79,42 +81,62 @@ def attribute(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], 
         raise ValueError("No instructions to attribute on.")
     layers = _checked_layers(chat_model, saes, layers)
     refusal = chat_model.refusal_token_ids[0] if refusal_token is None else int(refusal_token)
-    if layer_patched_metric is None:
-        layer_patched_metric = method == "ig"
-    ablation = DirectionalAblation(direction)
-    parts = {L: _LayerParts() for L in layers}
-    m_clean, m_patched, jailbreak, lengths = [], [], [], []
-    first = 0
-    progress = "attribution" if len(instructions) > batch_size else None
-    for chunk in batches(instructions, batch_size, progress):
-        batch = chat_model.tokenize(chunk)
+    run = _Run(chat_model, saes, layers, method, steps, refusal, DirectionalAblation(direction),
+               method == "ig" if layer_patched_metric is None else layer_patched_metric)
+    for chunk in batches(instructions, batch_size, "attribution" if len(instructions) > batch_size else None):
+        run.add_batch(chunk)
+    return run.result()
+
+
+@dataclass
+class _Run:
+    """``attribute``'s settings and what it has gathered so far, batch by batch."""
+
+    chat_model: ChatModel
+    saes: SAESet
+    layers: list[int]
+    method: Method
+    steps: int
+    refusal: int
+    ablation: DirectionalAblation
+    layer_patched_metric: bool
+    parts: dict[int, _LayerParts] = field(default_factory=dict)
+    per_prompt: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    n_done: int = 0
+
+    def add_batch(self, instructions: list[str]) -> None:
+        chat_model, layers, refusal = self.chat_model, self.layers, self.refusal
+        batch = chat_model.tokenize(instructions)
         mask = batch["attention_mask"]
         with torch.no_grad():
-            patched, logits = forward_capturing(chat_model, batch, layers, [ablation])
-        tokens = logits.argmax(-1)
-        if method == "ig":
+            patched, logits = forward_capturing(chat_model, batch, layers, [self.ablation])
+        tokens = jailbreak_tokens(logits, {*chat_model.refusal_token_ids, refusal})
+        if self.method == "ig":
             with torch.no_grad():
                 clean, clean_logits = forward_capturing(chat_model, batch, layers)
-            clean_metric = metric_from_logits(clean_logits, tokens, refusal)
-            grads = None
+            clean_metric, grads = metric_from_logits(clean_logits, tokens, refusal), {}
         else:
             clean, grads, clean_metric = clean_point_gradients(chat_model, batch, layers, tokens, refusal)
+        real = mask.bool()
         for L in layers:
-            grad = (integrated_gradient(chat_model, L, clean[L], patched[L], mask, tokens, refusal, steps)
-                    if grads is None else grads.pop(L))
-            real = mask.bool()
-            changes = decompose(saes[L], clean[L][real], patched[L][real], grad[real])
-            parts[L].add(changes, mask, first, _metric_at_layer(chat_model, L, patched[L], mask, tokens, refusal)
-                         if layer_patched_metric else torch.full((len(chunk),), float("nan")))
-        m_clean.append(clean_metric.cpu())
-        m_patched.append(metric_from_logits(logits, tokens, refusal).cpu())
-        jailbreak.append(tokens.cpu())
-        lengths.append(mask.sum(1).cpu())
-        first += len(chunk)
-    width = int(torch.cat(lengths).max())
-    return AttributionResult(method, steps if method == "ig" else 1, {L: parts[L].join(L, width) for L in layers},
-                             torch.cat(m_clean), torch.cat(m_patched), torch.cat(jailbreak), refusal,
-                             torch.cat(lengths), chat_model.n_pre_instruction_tokens)
+            grad = (grads.pop(L) if self.method == "atp"
+                    else integrated_gradient(chat_model, L, clean[L], patched[L], mask, tokens, refusal, self.steps))
+            changes = decompose(self.saes[L], clean[L][real], patched[L][real], grad[real])
+            at_layer = (_metric_at_layer(chat_model, L, patched[L], mask, tokens, refusal) if self.layer_patched_metric
+                        else torch.full((len(instructions),), float("nan")))
+            self.parts.setdefault(L, _LayerParts()).add(changes, mask, self.n_done, at_layer)
+        for name, value in (("m_clean", clean_metric), ("m_patched", metric_from_logits(logits, tokens, refusal)),
+                            ("jailbreak", tokens), ("lengths", mask.sum(1))):
+            self.per_prompt.setdefault(name, []).append(value.cpu())
+        self.n_done += len(instructions)
+
+    def result(self) -> AttributionResult:
+        joined = {name: torch.cat(values) for name, values in self.per_prompt.items()}
+        width = int(joined["lengths"].max())
+        return AttributionResult(self.method, self.steps if self.method == "ig" else 1,
+                                 {L: self.parts[L].join(L, width) for L in self.layers},
+                                 joined["m_clean"], joined["m_patched"], joined["jailbreak"], self.refusal,
+                                 joined["lengths"], self.chat_model.n_pre_instruction_tokens)
 
 
 def _checked_layers(chat_model: ChatModel, saes: SAESet, layers: Sequence[int] | None) -> list[int]:

@@ -1,7 +1,9 @@
 """The attribution metric (METHOD.md §5) and the forward passes that cache what it compares.
 
 ``m = logit[jailbreak token] - logit[refusal token]`` at the last prompt position, where the
-jailbreak token is each prompt's argmax next token under directional ablation at all layers.
+jailbreak token is each prompt's argmax next token under directional ablation at all layers,
+among the tokens that are not refusal tokens: a patched model that still starts with its
+refusal token ("I'd be glad to...") would otherwise give ``m ≡ 0`` and attribute nothing.
 """
 
 from __future__ import annotations
@@ -22,9 +24,16 @@ def metric_from_logits(logits: torch.Tensor, jailbreak: torch.Tensor, refusal: i
     return logits.gather(-1, jailbreak[:, None]).squeeze(-1) - logits[:, refusal]
 
 
+def jailbreak_tokens(patched_logits: torch.Tensor, refusal_ids: Sequence[int]) -> torch.Tensor:
+    """Per row of ``[rows, vocab]`` logits, the argmax over the tokens not in ``refusal_ids``."""
+    allowed = patched_logits.clone()
+    allowed[:, list(refusal_ids)] = float("-inf")
+    return allowed.argmax(-1)
+
+
 def forward_capturing(chat_model: ChatModel, batch: BatchEncoding, layers: Sequence[int],
-                      interventions: Sequence[Intervention] = (),
-                      offsets: Mapping[int, torch.Tensor] | None = None) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+                      interventions: Sequence[Intervention] = (), offsets: Mapping[int, torch.Tensor] | None = None
+                      ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """One forward pass: the block outputs at ``layers`` (after the interventions' edits, i.e. the
     stream the next block reads) and the last-position logits.
 

@@ -63,7 +63,7 @@ class AttributionResult:
     layers: dict[int, LayerAttribution]
     m_clean: torch.Tensor          # [prompts]
     m_patched: torch.Tensor        # [prompts] under directional ablation at all layers
-    jailbreak_token: torch.Tensor  # [prompts] argmax next token under directional ablation
+    jailbreak_token: torch.Tensor  # [prompts] argmax non-refusal next token under directional ablation
     refusal_token: int
     lengths: torch.Tensor          # [prompts] prompt tokens
     prefix_tokens: int             # tokens the template writes before the instruction
@@ -79,7 +79,8 @@ class AttributionResult:
     def describe(self) -> dict:
         return {"method": self.method, "steps": self.steps,
                 "alphas": "k/steps for k = 0..steps-1" if self.method == "ig" else "0 (clean point)",
-                "layers": sorted(self.layers), "refusal_token": self.refusal_token}
+                "layers": sorted(self.layers), "refusal_token": self.refusal_token,
+                "jailbreak_token": "argmax under directional ablation, refusal tokens excluded"}
 
 
 @dataclass(frozen=True)
