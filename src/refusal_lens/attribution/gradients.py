@@ -85,8 +85,8 @@ def clean_point_gradients(chat_model: ChatModel, batch: BatchEncoding, layers: S
     above it, as the stream itself is never cut. Returns the clean block outputs, the
     gradients (float32, float64 for a float64 model) and the clean metric.
     """
-    width = batch["input_ids"].shape
-    offsets = {L: torch.zeros((*width, chat_model.d_model), dtype=chat_model.dtype, device=chat_model.device,
+    rows, seq = batch["input_ids"].shape
+    offsets = {L: torch.zeros((rows, seq, chat_model.d_model), dtype=chat_model.dtype, device=chat_model.device,
                               requires_grad=True) for L in layers}
     with weights_frozen(chat_model.model), torch.enable_grad():
         clean, logits = forward_capturing(chat_model, batch, layers, offsets=offsets)
