@@ -148,6 +148,13 @@ class ChatModel:
     def n_post_instruction_tokens(self) -> int:
         return len(self.tokenizer.encode(self.post_instruction_text, add_special_tokens=False))
 
+    @cached_property
+    def n_pre_instruction_tokens(self) -> int:
+        """Tokens the template puts before the user's instruction: BOS, any system header
+        (Llama-3.1's date lines), the user-turn header."""
+        formatted = self.format_prompts([_INSTRUCTION_MARKER])[0]
+        return len(self._encode(formatted.split(_INSTRUCTION_MARKER)[0]))
+
     def _encode(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         bos = self.tokenizer.bos_token_id

@@ -1,0 +1,157 @@
+"""``attribute``: LA-IG (or attribution patching) over the SAE features of every layer asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from refusal_lens.attribution.decomposition import LayerChanges, check_sae, decompose
+from refusal_lens.attribution.gradients import (clean_point_gradients, integrated_gradient,
+                                                interpolation_points, logits_from_layer)
+from refusal_lens.attribution.metric import forward_capturing, jailbreak_tokens, metric_from_logits
+from refusal_lens.attribution.result import AttributionResult, LayerAttribution
+from refusal_lens.interventions import DirectionalAblation
+from refusal_lens.models import ChatModel
+from refusal_lens.progress import batches
+from refusal_lens.saes import SAESet
+
+Method = Literal["ig", "atp"]
+
+
+@dataclass
+class _LayerParts:
+    """One layer's per-batch pieces, joined into a ``LayerAttribution`` at the end."""
+
+    prompt: list[torch.Tensor] = field(default_factory=list)
+    position: list[torch.Tensor] = field(default_factory=list)
+    feature: list[torch.Tensor] = field(default_factory=list)
+    delta: list[torch.Tensor] = field(default_factory=list)
+    attribution: list[torch.Tensor] = field(default_factory=list)
+    error: list[torch.Tensor] = field(default_factory=list)
+    m_patched_at_layer: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, changes: LayerChanges, attention_mask: torch.Tensor, first_prompt: int,
+            m_patched_at_layer: torch.Tensor) -> None:
+        prompt, column = attention_mask.bool().nonzero(as_tuple=True)  # the real tokens, row-major
+        token = changes.token
+        self.prompt.append((prompt[token] + first_prompt).cpu())
+        self.position.append((column[token] - attention_mask.shape[1]).cpu())
+        self.feature.append(changes.feature.cpu())
+        self.delta.append(changes.delta.cpu())
+        self.attribution.append(changes.attribution.cpu())
+        error = torch.zeros(attention_mask.shape, dtype=changes.error.dtype, device=changes.error.device)
+        error[prompt, column] = changes.error
+        self.error.append(error.cpu())
+        self.m_patched_at_layer.append(m_patched_at_layer.cpu())
+
+    def join(self, layer: int, width: int) -> LayerAttribution:
+        error = torch.cat([F.pad(e, (width - e.shape[1], 0)) for e in self.error])
+        return LayerAttribution(layer, torch.cat(self.prompt), torch.cat(self.position), torch.cat(self.feature),
+                                torch.cat(self.delta), torch.cat(self.attribution), error,
+                                torch.cat(self.m_patched_at_layer))
+
+
+def attribute(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], direction: torch.Tensor, *,
+              layers: Sequence[int] | None = None, method: Method = "ig", steps: int = 10,
+              batch_size: int = 8, refusal_token: int | None = None,
+              layer_patched_metric: bool | None = None) -> AttributionResult:
+    """Attribute ``m = logit[jailbreak] - logit[refusal]`` to the SAE features at ``layers``
+    (default: every layer of ``saes``), per prompt, position and feature (METHOD.md §5).
+
+    "Patched" is directional ablation of ``direction`` at all layers; the jailbreak token is
+    each prompt's argmax next token under it among the non-refusal tokens; the refusal token
+    is the model's first refusal token unless given.
+
+    ``method="ig"``: integrated gradients one layer at a time, ``steps`` points
+    ``α = k/steps, k = 0..steps-1`` (``steps=1`` is attribution patching). ``method="atp"``:
+    attribution patching at every layer from one backward pass. ``layer_patched_metric``
+    (default: on for ``ig``, off for ``atp``) also runs the layers above each SAE layer from
+    its patched residual, for ``m_patched_at_layer`` (NaN when off). ``batch_size`` prompts go
+    through together (``× steps`` rows for ``ig``).
+    """
+    instructions = list(instructions)
+    if method not in ("ig", "atp"):
+        raise ValueError(f"Unknown attribution method {method!r}: use 'ig' or 'atp'.")
+    interpolation_points(steps)  # validates steps
+    if not instructions:
+        raise ValueError("No instructions to attribute on.")
+    layers = _checked_layers(chat_model, saes, layers)
+    refusal = chat_model.refusal_token_ids[0] if refusal_token is None else int(refusal_token)
+    run = _Run(chat_model, saes, layers, method, steps, refusal, DirectionalAblation(direction),
+               method == "ig" if layer_patched_metric is None else layer_patched_metric)
+    for chunk in batches(instructions, batch_size, "attribution" if len(instructions) > batch_size else None):
+        run.add_batch(chunk)
+    return run.result()
+
+
+@dataclass
+class _Run:
+    """``attribute``'s settings and what it has gathered so far, batch by batch."""
+
+    chat_model: ChatModel
+    saes: SAESet
+    layers: list[int]
+    method: Method
+    steps: int
+    refusal: int
+    ablation: DirectionalAblation
+    layer_patched_metric: bool
+    parts: dict[int, _LayerParts] = field(default_factory=dict)
+    per_prompt: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    n_done: int = 0
+
+    def add_batch(self, instructions: list[str]) -> None:
+        chat_model, layers, refusal = self.chat_model, self.layers, self.refusal
+        batch = chat_model.tokenize(instructions)
+        mask = batch["attention_mask"]
+        with torch.no_grad():
+            patched, logits = forward_capturing(chat_model, batch, layers, [self.ablation])
+        tokens = jailbreak_tokens(logits, {*chat_model.refusal_token_ids, refusal})
+        if self.method == "ig":
+            with torch.no_grad():
+                clean, clean_logits = forward_capturing(chat_model, batch, layers)
+            clean_metric, grads = metric_from_logits(clean_logits, tokens, refusal), {}
+        else:
+            clean, grads, clean_metric = clean_point_gradients(chat_model, batch, layers, tokens, refusal)
+        real = mask.bool()
+        for L in layers:
+            grad = (grads.pop(L) if self.method == "atp"
+                    else integrated_gradient(chat_model, L, clean[L], patched[L], mask, tokens, refusal, self.steps))
+            changes = decompose(self.saes[L], clean[L][real], patched[L][real], grad[real])
+            at_layer = (_metric_at_layer(chat_model, L, patched[L], mask, tokens, refusal) if self.layer_patched_metric
+                        else torch.full((len(instructions),), float("nan")))
+            self.parts.setdefault(L, _LayerParts()).add(changes, mask, self.n_done, at_layer)
+        for name, value in (("m_clean", clean_metric), ("m_patched", metric_from_logits(logits, tokens, refusal)),
+                            ("jailbreak", tokens), ("lengths", mask.sum(1))):
+            self.per_prompt.setdefault(name, []).append(value.cpu())
+        self.n_done += len(instructions)
+
+    def result(self) -> AttributionResult:
+        joined = {name: torch.cat(values) for name, values in self.per_prompt.items()}
+        width = int(joined["lengths"].max())
+        return AttributionResult(self.method, self.steps if self.method == "ig" else 1,
+                                 {L: self.parts[L].join(L, width) for L in self.layers},
+                                 joined["m_clean"], joined["m_patched"], joined["jailbreak"], self.refusal,
+                                 joined["lengths"], self.chat_model.n_pre_instruction_tokens)
+
+
+def _checked_layers(chat_model: ChatModel, saes: SAESet, layers: Sequence[int] | None) -> list[int]:
+    layers = saes.layers if layers is None else sorted({chat_model.check_layer(L) for L in layers})
+    missing = [L for L in layers if L not in saes]
+    if missing:
+        raise KeyError(f"No SAE at layers {missing}; the SAE set covers {saes.layers}.")
+    if not layers:
+        raise ValueError("No layers to attribute at.")
+    for L in layers:
+        check_sae(saes[L], L)
+    return layers
+
+
+@torch.no_grad()
+def _metric_at_layer(chat_model: ChatModel, layer: int, patched: torch.Tensor, mask: torch.Tensor,
+                     jailbreak: torch.Tensor, refusal: int) -> torch.Tensor:
+    return metric_from_logits(logits_from_layer(chat_model, layer, patched, mask), jailbreak, refusal)

@@ -1,0 +1,83 @@
+"""Feature sets of [Y25] (METHOD.md §5): CosSim+AP and its baselines, as ranked (layer, feature) lists.
+
+- CosSim+AP: attribution scores restricted to the cosine candidates, top k;
+- cosine alone: the candidates with the highest cosine with the refusal direction;
+- attribution alone: top k over every feature that changed;
+- activation difference: top k of mean harmful minus mean harmless activation.
+
+Each is global (mean over prompts) unless a prompt is given, where that makes sense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from refusal_lens.activations import read_features
+from refusal_lens.attribution.result import FeatureScores, ScoredFeature
+from refusal_lens.models import ChatModel
+from refusal_lens.progress import batches
+from refusal_lens.saes import SAESet
+
+DEFAULT_K = 20
+
+
+def cossim_ap_features(scores: FeatureScores, candidates: Iterable[Sequence], k: int = DEFAULT_K,
+                       prompt: int | None = None) -> list[ScoredFeature]:
+    """Top ``k`` of the cosine ``candidates`` (``(layer, feature, ...)`` rows) by attribution
+    score; a candidate that never changed scores 0."""
+    return scores.restricted(candidates).top(k, prompt, what="cosine candidates")
+
+
+def attribution_features(scores: FeatureScores, k: int = DEFAULT_K, prompt: int | None = None) -> list[ScoredFeature]:
+    """Top ``k`` by attribution score over every feature whose activation changed."""
+    return scores.top(k, prompt, what="features that changed")
+
+
+def cosine_features(candidates: Iterable[Sequence], k: int = DEFAULT_K) -> list[ScoredFeature]:
+    """Top ``k`` candidates by cosine, from ``(layer, feature, cosine)`` rows (as the candidates
+    stage ranks them, per layer), across layers; ties keep the given order."""
+    rows = [(int(c[0]), int(c[1]), float(c[2])) for c in candidates]
+    per_prompt = torch.tensor([[c[2] for c in rows]], dtype=torch.float64)
+    return FeatureScores([c[:2] for c in rows], per_prompt).top(k, what="cosine candidates")
+
+
+def activation_difference_features(chat_model: ChatModel, saes: SAESet, harmful: Sequence[str],
+                                   harmless: Sequence[str], *, layers: Sequence[int] | None = None,
+                                   k: int = DEFAULT_K, batch_size: int = 8,
+                                   skip_prefix: bool = True) -> list[ScoredFeature]:
+    """Top ``k`` by mean activation on ``harmful`` minus mean activation on ``harmless``.
+
+    A prompt's activation of a feature is its mean over the prompt's positions, skipping
+    what the template writes before the instruction (``skip_prefix``); the mean is over
+    prompts. Every active feature of every SAE layer at ``layers`` (default: all) is read.
+    """
+    layers = list(saes.layers if layers is None else layers)
+    harmful_mean = mean_activations(chat_model, saes, harmful, layers, batch_size, skip_prefix)
+    harmless_mean = mean_activations(chat_model, saes, harmless, layers, batch_size, skip_prefix)
+    keys = sorted({*harmful_mean, *harmless_mean})
+    difference = torch.tensor([[harmful_mean.get(key, 0.0) - harmless_mean.get(key, 0.0) for key in keys]],
+                              dtype=torch.float64)
+    return FeatureScores(keys, difference).top(k, what="active features")
+
+
+def mean_activations(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], layers: Sequence[int],
+                     batch_size: int = 8, skip_prefix: bool = True) -> dict[tuple[int, int], float]:
+    """``{(layer, feature): mean over prompts of the mean over positions}`` for every feature
+    active somewhere on ``instructions``, read with ``read_features`` a batch at a time."""
+    skipped = chat_model.n_pre_instruction_tokens if skip_prefix else 0
+    codes, sums = [], []
+    for chunk in batches(list(instructions), batch_size):
+        read = read_features(chat_model, saes, chunk, all_active=layers)
+        lengths = read.mask.sum(1, keepdim=True)
+        from_right = read.mask.shape[1] - torch.arange(read.mask.shape[1])
+        scored = read.mask & (from_right[None, :] <= lengths - skipped)
+        per_prompt = (read.values * scored[..., None]).sum(1) / scored.sum(1, keepdim=True)
+        keys = torch.tensor(read.keys, dtype=torch.long).view(-1, 2)
+        codes.append(keys)
+        sums.append(per_prompt.double().sum(0))
+    keys, inverse = torch.unique(torch.cat(codes), dim=0, return_inverse=True)
+    total = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, inverse, torch.cat(sums))
+    mean = total / len(instructions)
+    return {(int(L), int(i)): float(v) for (L, i), v in zip(keys.tolist(), mean.tolist())}
