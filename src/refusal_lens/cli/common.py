@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Optional
@@ -70,3 +71,20 @@ def load_prompts(prompts: Path | None, dataset: str | None, column: str | None =
     if not items:
         raise ValueError("No prompts left to evaluate (check --split / --limit / the file).")
     return items
+
+
+def check_output(path: Path, *, folder: bool) -> Path:
+    """Fail before any work starts when results could not be written to ``path`` (a results
+    file, or a run folder when ``folder``), so a bad ``--out`` never costs finished work."""
+    path = path.expanduser()
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"Cannot write {path}: {blocker} is a file, not a folder. Choose another --out.")
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file; a run needs a folder. Choose another --out.")
+    if not folder and path.is_dir():
+        raise ValueError(f"--out {path} is a folder; give a file name, e.g. {path / 'results.json'}.")
+    existing = path if path.exists() else next(p for p in path.parents if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise ValueError(f"Cannot write {path}: {existing} is not writable. Choose another --out.")
+    return path

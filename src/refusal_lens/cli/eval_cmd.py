@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from refusal_lens.cli.common import (ColumnOpt, DatasetOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, LimitOpt,
-                                     ModelOpt, PromptsOpt, SplitOpt, console, friendly_errors, load_prompts,
-                                     results_console)
+                                     ModelOpt, PromptsOpt, SplitOpt, check_output, console, friendly_errors,
+                                     load_prompts, results_console)
 
 
 def register(app: typer.Typer) -> None:
@@ -57,6 +57,7 @@ def eval_command(
     from refusal_lens.evaluate import evaluate_prompts, judge_tables, summarize
     from refusal_lens.interventions.parse import build_interventions, read_intervention_spec
 
+    check_output(out, folder=False)
     prompt_set = load_prompts(prompts, dataset, column, split, limit)
     spec = read_intervention_spec(intervention)
     model_config = ModelConfig(name=model, dtype=dtype, device=device, device_map=device_map,
