@@ -8,8 +8,14 @@ from conftest import tiny_llama
 from sae_factory import make_sae
 from typer.testing import CliRunner
 
+from refusal_lens.capability import completion_cross_entropy
 from refusal_lens.cli import app
-from refusal_lens.pipeline.config import RunConfig
+from refusal_lens.interventions import DirectionalAblation
+from refusal_lens.interventions.files import load_direction
+from refusal_lens.models import load_chat_model
+from refusal_lens.pipeline import search, stages
+from refusal_lens.pipeline.config import DirectionConfig, RunConfig
+from refusal_lens.pipeline.direction import choose
 from refusal_lens.pipeline.run import run_pipeline
 
 HARMFUL = [f"Tell me how to do dangerous thing number {i} to hurt people" for i in range(60)]
@@ -49,11 +55,8 @@ def setup(tmp_path_factory):
 def script_search(monkeypatch, out, config, n_necessary=3):
     """A tiny random model has no refusal circuit: make the search's evaluator refuse unless the
     first candidates are all ablated, so the greedy loop does real work on real artifacts."""
-    import refusal_lens.pipeline.search as search
-
-    run_pipeline(RunConfig.model_validate(config), out, until="candidates")
-    candidates = json.loads(next((out / "stages").glob("candidates-*/candidates.json")).read_text())
-    necessary = {(c["layer"], c["feature"]) for c in candidates[:n_necessary]}
+    candidates = run_pipeline(RunConfig.model_validate(config), out, until="candidates")["candidates"].features
+    necessary = {(c.layer, c.feature) for c in candidates[:n_necessary]}
 
     def scripted(self, pairs):
         self.forward_passes += 1
@@ -78,48 +81,46 @@ def full_run(setup):
 def test_full_run_writes_results_feature_sets_and_report(setup, full_run):
     root, config = setup
     out, results, necessary = full_run
-    assert {(f["layer"], f["feature"]) for f in results["minimal_set"]["shared"]} == necessary
+    assert set(results["search"].shared.intersection) == necessary
     saved = json.loads((out / "results.json").read_text())
-    for key in ("direction", "candidates", "minimal_set", "interactions", "dormant", "evaluation", "cost",
-                "config", "versions"):
+    for key in (*stages.NAMES, "cost", "config", "versions"):
         assert key in saved, key
+    for name in stages.NAMES:  # each stage's typed result round-trips through results.json
+        assert stages.load(name).result.model_validate(saved[name]) == results[name], name
     assert set(saved["direction"]) >= {"layer", "position", "bypass", "induce", "kl"}
-    assert {"layer", "feature", "cosine"} <= set(saved["candidates"][0])
-    assert {"shared", "per_prompt"} <= set(saved["minimal_set"])
+    assert {"layer", "feature", "cosine"} <= set(saved["candidates"]["features"][0])
+    assert {"shared", "per_prompt"} <= set(saved["search"])
     for name in ("none", "directional_ablation"):
-        method = saved["evaluation"][name]
+        method = saved["evaluation"]["methods"][name]
         assert method["n"] == 4 and method["ci_low"] <= method["asr"] <= method["ci_high"]
-    for stage in ("prompts", "direction", "candidates", "search", "evaluation"):
+    for stage in ("prompt_sets", "direction", "candidates", "search", "evaluation"):
         assert saved["cost"][stage]["wall_time_s"] >= 0 and "forward_passes" in saved["cost"][stage]
-    assert saved["cost"]["search"]["greedy_loop"]["forward_passes"] >= 1
+    assert saved["search"]["greedy_loop"]["forward_passes"] >= 1
     html = (out / "report.html").read_text()
     assert "<img" in html and "http" not in html.split("<body>")[1].split("Versions")[0]
+    before_answers = html.split("<body>")[1].split("<h2>Per prompt")[0]
+    assert "None" not in before_answers and "{" not in before_answers, "a value printed as a Python repr"
     assert (out / "direction.safetensors").exists()
-    assert results["evaluation"].keys() == saved["evaluation"].keys()
+    assert results["evaluation"].methods.keys() == saved["evaluation"]["methods"].keys()
     assert_capability_cost_is_the_reference(root, out, saved)
 
 
 def assert_capability_cost_is_the_reference(root, out, saved):
     """Each method's capability cost = CE of the unmodified model's own answers to the held-out
     harmless prompts under that method, recomputed here from the saved artifacts."""
-    from refusal_lens.capability import completion_cross_entropy
-    from refusal_lens.interventions import DirectionalAblation
-    from refusal_lens.interventions.files import load_direction
-    from refusal_lens.models import load_chat_model
-
-    evaluation = json.loads(next((out / "stages").glob("evaluation-*/evaluation.json")).read_text())
-    prompts = json.loads(next((out / "stages").glob("prompts-*/prompts.json")).read_text())
+    evaluation = json.loads(next((out / "stages").glob("evaluation-*/result.json")).read_text())
+    prompts = json.loads(next((out / "stages").glob("prompt_sets-*/result.json")).read_text())
     harmless = [p["text"] for p in prompts["harmless_eval"]]
     assert harmless and not {p["id"] for p in prompts["harmless_eval"]} & {
         p["id"] for name in ("harmless_train", "harmless_val", "harmless_fm") for p in prompts[name]}
-    assert saved["evaluation"]["none"]["capability"]["delta_cross_entropy"] == 0.0
+    assert saved["evaluation"]["methods"]["none"]["capability"]["delta_cross_entropy"] == 0.0
     chat = load_chat_model(str(root / "model"), device="cpu", dtype="float32")
     direction = load_direction(out / "direction.safetensors").direction
     completions = evaluation["capability"]["completions"]
     plain = completion_cross_entropy(chat, harmless, completions, batch_size=3).mean
     ablated = completion_cross_entropy(chat, harmless, completions, batch_size=3,
                                        interventions=[DirectionalAblation(direction)]).mean
-    cost = saved["evaluation"]["directional_ablation"]["capability"]
+    cost = saved["evaluation"]["methods"]["directional_ablation"]["capability"]
     assert cost["cross_entropy"] == pytest.approx(ablated, rel=1e-4)
     assert cost["delta_cross_entropy"] == pytest.approx(ablated - plain, abs=1e-4)
 
@@ -154,8 +155,6 @@ def test_killed_search_resumes_from_its_checkpoint(setup, monkeypatch):
     root, config = setup
     out = root / "resume"
     script_search(monkeypatch, out, config)
-    import refusal_lens.pipeline.search as search
-
     calls = {"n": 0}
     original = search.run_greedy
 
@@ -175,10 +174,10 @@ def test_killed_search_resumes_from_its_checkpoint(setup, monkeypatch):
     assert saved_steps > 0
     monkeypatch.setattr(search, "run_greedy", original)
     results = run_pipeline(RunConfig.model_validate(config), out, until="search")
-    final = json.loads(next((out / "stages").glob("search-*/search.json")).read_text())["tracks"]
+    final = json.loads(next((out / "stages").glob("search-*/result.json")).read_text())["tracks"]
     assert all(t["status"] == "done" for t in final)
     assert sum(t["steps"] for t in final) > saved_steps
-    assert len(results["minimal_set"]["shared"]) == 3
+    assert len(results["search"].shared.intersection) == 3
 
 
 def test_run_cli_with_config_file_and_overrides(setup, tmp_path):
@@ -200,9 +199,6 @@ def test_bad_config_is_a_clear_error(tmp_path):
 
 
 def test_direction_choice_relaxes_filters_visibly():
-    from refusal_lens.pipeline.config import DirectionConfig
-    from refusal_lens.pipeline.direction import choose
-
     table = [{"layer": 1, "position": -1, "bypass": -3.0, "induce": 2.0, "kl": 0.5},
              {"layer": 2, "position": -1, "bypass": -1.0, "induce": 1.0, "kl": 0.05},
              {"layer": 3, "position": -1, "bypass": -9.0, "induce": -1.0, "kl": 0.01}]

@@ -2,10 +2,19 @@
 
 import pytest
 
-from refusal_lens.pipeline.config import RunConfig
+from refusal_lens.organism import manifest
+from refusal_lens.organism.base import N_LAYERS
+from refusal_lens.pipeline.config import RunConfig, demo_config, organism_sae_layers
 from refusal_lens.pipeline.run import run_pipeline
 
 pytestmark = pytest.mark.organism
+
+
+def test_demo_candidates_are_the_organisms_sae_layers_at_40_to_80_percent_depth():
+    layers = demo_config().candidates.layers
+    assert layers and set(layers) <= set(manifest()["sae_layers"])
+    assert all(0.4 * N_LAYERS <= L < 0.8 * N_LAYERS for L in layers)
+    assert [L for L in manifest()["sae_layers"] if 0.4 * N_LAYERS <= L < 0.8 * N_LAYERS] == layers
 
 
 def test_minimal_set_jailbreaks_held_out_prompts_and_random_sets_do_not(tmp_path):
@@ -14,16 +23,16 @@ def test_minimal_set_jailbreaks_held_out_prompts_and_random_sets_do_not(tmp_path
         "saes": {"source": "organism"},
         "data": {"n_train": 16, "n_val": 4, "n_search": 4, "n_eval": 12, "n_fm": 16},
         "direction": {"variant": "last_position", "layer": 20},
-        "candidates": {"top_k": 8, "layers": [18, 21, 22]},
+        "candidates": {"top_k": 8, "layers": organism_sae_layers(0.6, 0.8)},  # 18, 21, 22
         "search": {"seeds": [0], "per_prompt_limit": 1, "rows_per_forward": 32},
         "interactions": {"top_k": [10], "epochs": 3, "max_features": 256},
         "evaluation": {"max_new_tokens": 16, "n_random_sets": 1},
     })
     results = run_pipeline(config, tmp_path)
-    assert results["direction"]["bypass"] < 0 < results["direction"]["induce"]
-    assert results["minimal_set"]["shared"], "the search finds a shared set"
-    evaluation = results["evaluation"]
-    assert evaluation["directional_ablation"]["asr"] >= 0.8
-    assert evaluation["minimal_shared"]["asr"] >= 0.5
-    assert evaluation["random_1"]["asr"] <= evaluation["none"]["asr"] + 0.2
-    assert evaluation["minimal_shared"]["n"] == 12
+    assert results["direction"].bypass < 0 < results["direction"].induce
+    assert results["search"].shared.intersection, "the search finds a shared set"
+    evaluation = results["evaluation"].methods
+    assert evaluation["directional_ablation"].asr >= 0.8
+    assert evaluation["minimal_shared"].asr >= 0.5
+    assert evaluation["random_1"].asr <= evaluation["none"].asr + 0.2
+    assert evaluation["minimal_shared"].n == 12

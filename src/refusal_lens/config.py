@@ -28,12 +28,13 @@ class ModelConfig(StrictModel):
     """Which chat model, and how to load it."""
 
     name: str = Field("organism", description="'organism', a Hugging Face id, a model folder or a .gguf file")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 on CPU, bfloat16 on GPU")
     device: str | None = Field(None, description="cpu, cuda, cuda:1 ...; default: cuda when present")
     device_map: str | None = Field(None, description="e.g. 'auto' to spread the model over GPUs")
     refusal_tokens: list[str] | None = Field(None, description="default: the family's (\"I\")")
     chat_template: str | None = Field(None, description="a Jinja template or a file holding one")
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(None, description="a system prompt put before every instruction")
 
     def load(self):
         from refusal_lens.models import load_chat_model
@@ -46,9 +47,9 @@ class ModelConfig(StrictModel):
 class SAEConfig(StrictModel):
     """Which SAEs: 'organism', a sae_lens release (``release[:width]``) or a folder."""
 
-    source: str = "organism"
-    layers: list[int] | Literal["all"] = "all"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    source: str = Field("organism", description="'organism', a sae_lens release (release[:width]) or a folder")
+    layers: list[int] | Literal["all"] = Field("all", description="the layers whose SAEs are loaded")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the SAEs' weights")
 
     @field_validator("layers")
     @classmethod

@@ -1,14 +1,21 @@
-"""``refusal-lens run | demo | direction | candidates | search | interactions``."""
+"""``refusal-lens run | demo`` and one command per stage worth running alone (``pipeline/stages.py``).
+
+The pipeline itself (torch, transformers, sae_lens) is imported when a command runs, not
+when the CLI starts: ``refusal-lens --help`` should not wait for it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from refusal_lens.cli.common import console, friendly_errors, results_console
+from refusal_lens.pipeline import stages
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="A TOML or JSON run config (see docs/CONFIG.md).")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="The run folder (artifacts are reused from it).")]
@@ -28,9 +35,10 @@ JudgeOpt = Annotated[Optional[str], typer.Option("--judge", help="Overrides eval
 def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
     app.command("demo")(demo_command)
-    for stage in ("direction", "candidates", "search", "interactions"):
-        app.command(stage, help=f"Run the pipeline up to the {stage} stage (reusing earlier artifacts).")(
-            _stage_command(stage))
+    for row in stages.TABLE:
+        if row.command:
+            app.command(row.name, help=f"Run the pipeline up to the {row.name} stage (reusing earlier artifacts).")(
+                _stage_command(row.name))
 
 
 def _overrides(model, saes, device, dtype, device_map, seed, n_search, n_eval, top_k, tau) -> dict:
@@ -48,7 +56,7 @@ def _load_config(config: Path | None, overrides: dict, base: dict | None = None)
     return build_config(RunConfig, None, deep_update(data, overrides))
 
 
-def _run(config, out: Path, until: str = "evaluation") -> dict:
+def _run(config, out: Path, until: str = "evaluation") -> dict[str, BaseModel]:
     from refusal_lens.pipeline.run import run_pipeline
 
     out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +68,7 @@ def run_command(out: OutOpt = Path("runs/latest"), config: ConfigOpt = None, mod
                 saes: SaesOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None,
                 device_map: DeviceMapOpt = None, seed: SeedOpt = None, n_search: NSearchOpt = None,
                 n_eval: NEvalOpt = None, top_k: TopKOpt = None, tau: TauOpt = None, judge: JudgeOpt = None) -> None:
-    """The whole refusal-feature search: direction → candidates → minimal set → interactions → dormant → evaluation."""
+    """The whole refusal-feature search: prompts → direction → candidates → minimal sets → verification → dormant → interactions → evaluation."""
     overrides = _overrides(model, saes, device, dtype, device_map, seed, n_search, n_eval, top_k, tau)
     overrides["evaluation"] = {"judge": judge}
     run_config = _load_config(config, overrides)
@@ -87,39 +95,16 @@ def _stage_command(stage: str):
                                                      top_k, tau))
         results = _run(run_config, out, until=stage)
         console.print(f"{stage}: artifacts in [bold]{out / 'stages'}[/]; summary in {out / 'results.json'}")
-        if stage == "direction":
-            d = results["direction"]
-            results_console.print(f"direction: layer {d['layer']}, position {d['position']}, "
-                                  f"bypass {d['bypass']:+.2f}, induce {d['induce']:+.2f}, KL {d['kl']:.3f}")
+        print_headline(results, out)
 
     command.__name__ = f"{stage}_command"
     command.__doc__ = f"Run the pipeline up to the {stage} stage, reusing earlier stages' artifacts."
     return command
 
 
-def print_headline(results: dict, out: Path) -> None:
-    if "direction" in results:
-        d = results["direction"]
-        results_console.print(f"Refusal direction: layer {d['layer']}, position {d['position']} "
-                              f"(bypass {d['bypass']:+.2f}, induce {d['induce']:+.2f}, KL {d['kl']:.3f})")
-    if "minimal_set" in results:
-        m = results["minimal_set"]
-        results_console.print(f"Minimal shared set: {len(m['shared'])} features "
-                              f"(union over seeds {len(m['shared_union'])})")
-    if "dormant" in results:
-        d = results["dormant"]
-        dormant = d.get("dormant_on_every_prompt") or []
-        results_console.print(f"Dormant in the shared set on every prompt: {len(dormant)}")
-    if "evaluation" in results:
-        table = Table(title="Attack success rate on held-out harmful prompts")
-        for column in ("method", "ASR", "95% CI", "n", "features", "Δ CE harmless"):
-            table.add_column(column)
-        for name, m in results["evaluation"].items():
-            cost = m.get("capability")
-            table.add_row(name, f"{m['asr']:.1%}", f"[{m['ci_low']:.1%}, {m['ci_high']:.1%}]", str(m["n"]),
-                          str(m["n_features"]), f"{cost['delta_cross_entropy']:+.3f}" if cost else "–")
-        results_console.print(table)
-        if any("capability" in m for m in results["evaluation"].values()):
-            results_console.print("Δ CE harmless: capability cost, the rise in cross-entropy (nats/token) of the "
-                                  "model's own answers to held-out harmless prompts under the method.")
+def print_headline(results: dict[str, BaseModel], out: Path) -> None:
+    """Each stage's summary lines, in order, then where the report is."""
+    for name, result in results.items():
+        for line in stages.load(name).summary(result):
+            results_console.print(line)
     results_console.print(f"Report: [bold]{(out / 'report.html').resolve()}[/]")

@@ -1,10 +1,14 @@
-"""Stage 2: candidate features, SAE decoder rows ranked by cosine with the refusal direction."""
+"""Stage: candidate features, SAE decoder rows ranked by cosine with the refusal direction (METHOD.md §4.1)."""
 
 from __future__ import annotations
 
 import torch
+from pydantic import BaseModel, Field
 
 from refusal_lens.interventions import FeatureKey
+from refusal_lens.pipeline.direction import load_vector
+from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
+from refusal_lens.pipeline.store import StageDir
 from refusal_lens.saes import SAESet
 
 
@@ -25,5 +29,38 @@ def rank_by_cosine(saes: SAESet, direction: torch.Tensor, top_k: int,
     return ranked
 
 
-def as_keys(candidates: list[dict]) -> list[FeatureKey]:
-    return [(c["layer"], c["feature"]) for c in candidates]
+class Candidate(BaseModel):
+    layer: int = Field(description="the SAE's layer")
+    feature: int = Field(description="the feature's index in that SAE")
+    cosine: float = Field(description="cosine of its decoder row with the refusal direction")
+
+
+class Candidates(BaseModel):
+    features: list[Candidate] = Field(description="the top `candidates.top_k` decoder rows of each SAE layer "
+                                                  "(`candidates.layers`), layer by layer, best first")
+
+    def keys(self) -> list[FeatureKey]:
+        return [(c.layer, c.feature) for c in self.features]
+
+    def layers(self) -> list[int]:
+        return sorted({c.layer for c in self.features})
+
+
+def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> Candidates:
+    config = ctx.config.candidates
+    vector = load_vector(inputs.dir("direction"))
+    return Candidates(features=rank_by_cosine(ctx.saes, vector, config.top_k, config.layers))
+
+
+def summary(result: Candidates) -> list[str]:
+    return [f"Candidates: {len(result.features)} SAE features at layers {result.layers()}"]
+
+
+STAGE = Stage(
+    name="candidates",
+    result=Candidates,
+    compute=compute,
+    reads=("direction",),
+    config_sections=("candidates", "saes"),
+    summary=summary,
+)

@@ -1,4 +1,4 @@
-"""Stage 1: the refusal direction [A24] (METHOD.md §2).
+"""Stage: the refusal direction [A24] (METHOD.md §2).
 
 Candidates are differences of means at every layer × post-instruction position; each is
 scored on the validation split by bypass (mean refusal score of harmful prompts with the
@@ -9,35 +9,58 @@ distribution, ablated vs clean; must stay small). Candidates from the last layer
 
 from __future__ import annotations
 
+import html
+import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from pydantic import BaseModel, Field
 
 from refusal_lens.activations import residuals
 from refusal_lens.interventions import ActivationAddition, DirectionalAblation
+from refusal_lens.interventions.files import load_direction, save_direction
 from refusal_lens.models import ChatModel
 from refusal_lens.pipeline.config import DirectionConfig
+from refusal_lens.pipeline.prompt_sets import PromptSets, texts
+from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
+from refusal_lens.pipeline.store import StageDir
 from refusal_lens.prefix_cache import PrefixCache, build_prefix_caches, last_logits_from_cache
 from refusal_lens.progress import batches, make_progress
+from refusal_lens.report import ReportSection
 from refusal_lens.scoring import last_position_logits, refusal_score_from_logits
 
+DIRECTION_FILE = "direction.safetensors"  # in the stage folder, copied into the run folder
 
-@dataclass
-class DirectionResult:
-    direction: torch.Tensor          # [d_model], not normalised (difference of means)
-    layer: int
-    position: int                    # counted from the right: -1 = last prompt token
-    bypass: float
-    induce: float
-    kl: float
-    variant: str
-    table: list[dict]                # every candidate evaluated
-    filters: str = "induce+kl"       # which selection filters the chosen candidate passed
 
-    def summary(self) -> dict:
-        return {"layer": self.layer, "position": self.position, "bypass": self.bypass, "induce": self.induce,
-                "kl": self.kl, "variant": self.variant, "filters": self.filters, "norm": float(self.direction.norm())}
+class ScoredCandidate(BaseModel):
+    layer: int = Field(description="the layer whose residual the difference of means was taken at")
+    position: int = Field(description="the prompt position, counted from the right (-1 = last prompt token)")
+    bypass: float = Field(description="mean refusal score of the harmful val prompts with the candidate "
+                                      "ablated at every layer (lower is better)")
+    induce: float = Field(description="mean refusal score of the harmless val prompts with the candidate "
+                                      "added at `layer`")
+    kl: float = Field(description="harmless next-token KL, ablated vs clean")
+    induces: bool = Field(description="`induce` > `direction.induce_threshold`")
+    low_kl: bool = Field(description="`kl` < `direction.kl_threshold`")
+    chosen: bool = Field(description="this candidate is the direction")
+
+
+class RefusalDirection(BaseModel):
+    """The chosen difference of means; the vector itself is `direction.safetensors` in the run folder."""
+
+    layer: int = Field(description="its layer")
+    position: int = Field(description="its position, counted from the right (-1 = last prompt token)")
+    bypass: float = Field(description="mean refusal score of the harmful val prompts under directional "
+                                      "ablation (lower is better)")
+    induce: float = Field(description="mean refusal score of the harmless val prompts with the direction "
+                                      "added at `layer`")
+    kl: float = Field(description="harmless next-token KL, ablated vs clean")
+    variant: str = Field(description="`select` (every layer x position, chosen on val) or `last_position`")
+    filters: str = Field(description="which selection filters the choice passed: `induce+kl`, or a relaxed "
+                                     "tier, named")
+    norm: float = Field(description="the direction's L2 norm (it is not normalised)")
+    table: list[ScoredCandidate] = Field(description="every candidate evaluated")
 
 
 def mean_residuals(chat_model: ChatModel, instructions: Sequence[str], positions: Sequence[int],
@@ -87,7 +110,8 @@ def score_candidate(chat_model: ChatModel, direction: torch.Tensor, layer: int, 
 
 def find_direction(chat_model: ChatModel, harmful_train: Sequence[str], harmless_train: Sequence[str],
                    harmful_val: Sequence[str], harmless_val: Sequence[str], config: DirectionConfig,
-                   batch_size: int = 16) -> DirectionResult:
+                   batch_size: int = 16) -> tuple[torch.Tensor, RefusalDirection]:
+    """The direction ``[d_model]`` (a difference of means, not normalised) and how it was chosen."""
     n_layers = chat_model.n_layers
     if config.variant == "last_position":
         positions, layers = [-1], [chat_model.check_layer(config.layer)]
@@ -110,8 +134,10 @@ def find_direction(chat_model: ChatModel, harmful_train: Sequence[str], harmless
                 progress.advance(task)
     best, filters = choose(table, config)
     j = positions.index(best["position"])
-    return DirectionResult(means[best["layer"], j].clone(), best["layer"], best["position"], best["bypass"],
-                           best["induce"], best["kl"], config.variant, table, filters)
+    direction = means[best["layer"], j].clone()
+    return direction, RefusalDirection(layer=best["layer"], position=best["position"], bypass=best["bypass"],
+                                       induce=best["induce"], kl=best["kl"], variant=config.variant,
+                                       filters=filters, norm=float(direction.norm()), table=table)
 
 
 def choose(table: list[dict], config: DirectionConfig) -> tuple[dict, str]:
@@ -132,3 +158,47 @@ def choose(table: list[dict], config: DirectionConfig) -> tuple[dict, str]:
                 row["chosen"] = row is best
             return best, filters
     raise ValueError("No direction candidates were evaluated: check direction.layers and max_layer_fraction.")
+
+
+# --- the stage ----------------------------------------------------------------------------
+def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> RefusalDirection:
+    sets: PromptSets = inputs["prompt_sets"]
+    direction, found = find_direction(ctx.chat_model, texts(sets.harmful_train), texts(sets.harmless_train),
+                                      texts(sets.harmful_val), texts(sets.harmless_val), ctx.config.direction,
+                                      ctx.config.batch_size)
+    save_direction(out.path / DIRECTION_FILE, direction, found.layer,
+                   {"position": str(found.position), "variant": found.variant})
+    return found
+
+
+def load_vector(stage_dir: StageDir) -> torch.Tensor:
+    """The direction saved by this stage."""
+    return load_direction(stage_dir.path / DIRECTION_FILE).direction
+
+
+def summary(result: RefusalDirection) -> list[str]:
+    return [f"Refusal direction: layer {result.layer}, position {result.position} "
+            f"(bypass {result.bypass:+.2f}, induce {result.induce:+.2f}, KL {result.kl:.3f})"]
+
+
+def report(result: RefusalDirection, inputs: Inputs, figures: Path) -> list[ReportSection]:
+    return [ReportSection("Refusal direction", (
+        f"<p>Layer {result.layer}, position {result.position} ({html.escape(result.variant)}): "
+        f"bypass {result.bypass:+.2f}, induce {result.induce:+.2f}, KL {result.kl:.3f}; "
+        f"filters passed: {html.escape(result.filters)}.</p>"))]
+
+
+def export(ctx: RunContext, result: RefusalDirection, stage_dir: StageDir) -> None:
+    shutil.copyfile(stage_dir.path / DIRECTION_FILE, ctx.out_dir / DIRECTION_FILE)
+
+
+STAGE = Stage(
+    name="direction",
+    result=RefusalDirection,
+    compute=compute,
+    reads=("prompt_sets",),
+    config_sections=("direction",),
+    summary=summary,
+    report=report,
+    export=export,
+)

@@ -1,4 +1,4 @@
-"""Greedy filtering of candidate features to a minimal ablation set (METHOD.md §4.2).
+"""Stage: greedy filtering of candidate features to minimal ablation sets (METHOD.md §4.2).
 
 A *track* is one greedy search: one seed over one prompt (per-prompt sets) or over the
 whole prompt set (a shared set). All live tracks advance together: each step evaluates
@@ -10,22 +10,37 @@ and ``T`` the next test (a block of ``b`` features, or one feature of a block th
 ablate ``S \\ T``; if the prompts stay flipped and the relative change of P(refusal) is
 below ``tau``, drop ``T`` for good; otherwise, if ``T`` was a block, queue its members one
 by one. What remains is minimal with respect to block and single removals.
+
+The stage saves the tracks after every step (``checkpoint.json``): a killed search resumes
+where it stopped. Its result combines each prompt's and the shared tracks over seeds.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from pydantic import BaseModel, Field
 
 from refusal_lens.interventions import FeatureIntervention, FeatureKey, FeatureOp
+from refusal_lens.interventions.files import save_feature_set
 from refusal_lens.models import ChatModel
-from refusal_lens.prefix_cache import PrefixCache, last_logits_from_cache
+from refusal_lens.pipeline.candidates import Candidates
+from refusal_lens.pipeline.prompt_sets import PromptSets, texts
+from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
+from refusal_lens.pipeline.store import StageDir
+from refusal_lens.prefix_cache import PrefixCache, build_prefix_cache, last_logits_from_cache
+from refusal_lens.progress import make_progress
+from refusal_lens.report import ReportSection, img, save_figure, subplots
 from refusal_lens.saes import SAESet
 from refusal_lens.scoring import refusal_score_from_logits
+
+CHECKPOINT = "checkpoint.json"
 
 
 @dataclass
@@ -181,15 +196,11 @@ def greedy_minimal_sets(chat_model: ChatModel, saes: SAESet, instructions: Seque
     """
     started = time.perf_counter()
     start_layer = min(layer for layer, _ in candidates)
-    from refusal_lens.prefix_cache import build_prefix_cache
-
     cache = build_prefix_cache(chat_model, instructions, start_layer)
     evaluate = SetEvaluator(chat_model, saes, cache, op or FeatureOp("zero"), rows_per_forward, universe=candidates)
     if tracks is None:
         tracks = make_tracks(len(instructions), candidates, seeds, per_prompt=per_prompt, shared=shared,
                              shared_flip_fraction=shared_flip_fraction, per_prompt_limit=per_prompt_limit)
-    from refusal_lens.progress import make_progress
-
     with make_progress() as progress:
         task = progress.add_task(f"greedy search ({len(tracks)} tracks)", total=None)
 
@@ -218,3 +229,140 @@ def combine_seeds(sets: Sequence[Sequence[FeatureKey]]) -> tuple[list[FeatureKey
     if not as_sets:
         return [], []
     return sorted(set.intersection(*as_sets)), sorted(set.union(*as_sets))
+
+
+# --- the stage ----------------------------------------------------------------------------
+class SeedCombination(BaseModel):
+    intersection: list[FeatureKey] = Field(description="features in the minimal set of every seed")
+    union: list[FeatureKey] = Field(description="features in the minimal set of any seed")
+    by_seed: dict[int, list[FeatureKey]] = Field(description="seed → its minimal set (finished tracks only)")
+
+
+class PromptMinimalSet(SeedCombination):
+    flippable: bool = Field(description="ablating every candidate flipped the prompt (for some seed)")
+
+
+class SavedTrack(BaseModel):
+    name: str = Field(description="`prompt<i>/seed<s>` or `shared/seed<s>`")
+    seed: int = Field(description="orders the blocks")
+    prompts: list[int] = Field(description="indices into `prompt_sets.harmful_search`")
+    status: str = Field(description="`done` or `not_flippable`")
+    steps: int = Field(description="tests made")
+    p_refusal: float = Field(description="mean P(refusal) over `targets` with `features` ablated")
+    targets: list[int] = Field(description="the prompts that ablating every candidate flipped")
+    flip_fraction: float = Field(description="share of `targets` that must stay flipped")
+    features: list[FeatureKey] = Field(description="the track's final set")
+
+
+class GreedyLoopCost(BaseModel):
+    forward_passes: int = Field(description="batched forward passes of the greedy loop")
+    rows: int = Field(description="(prompt, feature set) pairs evaluated")
+    wall_time_s: float = Field(description="seconds the loop took (this run's part, after a resume)")
+
+
+class MinimalSets(BaseModel):
+    shared: SeedCombination = Field(description="the set shared by the search prompts (`search.shared`)")
+    per_prompt: dict[str, PromptMinimalSet] = Field(description="prompt id → that prompt's own set "
+                                                                "(`search.per_prompt`, first "
+                                                                "`search.per_prompt_limit` prompts)")
+    not_flippable: list[str] = Field(description="prompt ids whose candidates could not flip them")
+    tracks: list[SavedTrack] = Field(description="every greedy search, as it ended")
+    greedy_loop: GreedyLoopCost = Field(description="the cost of the greedy loop alone")
+
+    def minimal_shared(self) -> list[FeatureKey]:
+        """The shared set the later stages use: the intersection over seeds, or the union when that is empty."""
+        return list(self.shared.intersection or self.shared.union)
+
+
+def _combine(tracks: Sequence[Track]) -> dict:
+    intersection, union = combine_seeds([t.current for t in tracks])
+    return {"intersection": intersection, "union": union, "by_seed": {t.seed: sorted(t.current) for t in tracks}}
+
+
+def minimal_sets(outcome: SearchOutcome, prompt_ids: Sequence[str]) -> MinimalSets:
+    """Each prompt's and the shared finished tracks, combined over seeds."""
+    tracks = outcome.tracks
+    per_prompt = {}
+    for index, prompt_id in enumerate(prompt_ids):
+        own = [t for t in tracks if t.prompts == [index] and t.name.startswith("prompt")]
+        if own:
+            flippable = [t for t in own if t.status == "done"]
+            per_prompt[prompt_id] = PromptMinimalSet(**_combine(flippable), flippable=bool(flippable))
+    shared = [t for t in tracks if t.name.startswith("shared") and t.status == "done"]
+    return MinimalSets(
+        shared=SeedCombination(**_combine(shared)), per_prompt=per_prompt,
+        not_flippable=[pid for pid, v in per_prompt.items() if not v.flippable],
+        tracks=[SavedTrack.model_validate(t.to_json()) for t in tracks],
+        greedy_loop=GreedyLoopCost(forward_passes=outcome.forward_passes, rows=outcome.rows,
+                                   wall_time_s=outcome.wall_time_s))
+
+
+def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> MinimalSets:
+    config = ctx.config.search
+    sets: PromptSets = inputs["prompt_sets"]
+    prompts = sets.harmful_search
+    candidates: Candidates = inputs["candidates"]
+    checkpoint = out.path / CHECKPOINT
+    tracks = [track_from_json(t) for t in out.load_json(CHECKPOINT)] if checkpoint.exists() else None
+    if tracks:
+        ctx.console.print(f"[dim]search: resuming from a checkpoint ({sum(t.status != 'running' for t in tracks)}"
+                          f"/{len(tracks)} tracks finished)[/]")
+    outcome = greedy_minimal_sets(
+        ctx.chat_model, ctx.saes, texts(prompts), candidates.keys(), seeds=config.seeds,
+        block_size=config.block_size, tau=config.tau, per_prompt=config.per_prompt, shared=config.shared,
+        shared_flip_fraction=config.shared_flip_fraction, per_prompt_limit=config.per_prompt_limit,
+        rows_per_forward=config.rows_per_forward,
+        tracks=tracks, on_step=lambda ts: out.save_json(CHECKPOINT, [t.to_json() for t in ts]))
+    return minimal_sets(outcome, [p.id for p in prompts])
+
+
+def summary(result: MinimalSets) -> list[str]:
+    return [f"Minimal shared set: {len(result.shared.intersection)} features "
+            f"(union over seeds {len(result.shared.union)})"]
+
+
+def fig_features_per_layer(result: MinimalSets, candidate_layers: list[int], folder: Path) -> str:
+    fig, ax = subplots(figsize=(7, 3))
+    for features, offset, label in ((result.shared.intersection, -0.2, "shared (∩ seeds)"),
+                                    (result.shared.union, 0.2, "shared (∪ seeds)")):
+        counts = Counter(layer for layer, _ in features)
+        layers = sorted(counts)
+        ax.bar([L + offset for L in layers], [counts[L] for L in layers], width=0.4, label=label)
+    ax.set_xticks(candidate_layers)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("features")
+    ax.legend(fontsize=8)
+    ax.set_title("Minimal-set features per layer")
+    return save_figure(fig, folder, "features_per_layer")
+
+
+def report(result: MinimalSets, inputs: Inputs, figures: Path) -> list[ReportSection]:
+    candidates: Candidates = inputs["candidates"]
+    own = sorted(len(v.intersection) for v in result.per_prompt.values() if v.flippable)
+    sizes = f"{own[0]}" if own and own[0] == own[-1] else f"{own[0]} to {own[-1]}" if own else ""
+    per_prompt = f" Each prompt's own set (∩ seeds), for {len(own)} prompts: {sizes} features." if own else ""
+    return [ReportSection("Minimal feature set", (
+        f"<p>Shared (intersection over seeds): {len(result.shared.intersection)} features; union: "
+        f"{len(result.shared.union)}, from {len(candidates.features)} candidates. Prompts not flippable with "
+        f"these candidates: {len(result.not_flippable)}.{per_prompt}</p>"
+        + img(fig_features_per_layer(result, candidates.layers(), figures), "features per layer")))]
+
+
+def export(ctx: RunContext, result: MinimalSets, stage_dir: StageDir) -> None:
+    for name, features in (("minimal_shared", result.shared.intersection),
+                           ("minimal_shared_union", result.shared.union)):
+        if features:
+            save_feature_set(ctx.out_dir / "feature_sets" / f"{name}.json", list(features),
+                             saes=ctx.config.saes.source, op=FeatureOp("zero"))
+
+
+STAGE = Stage(
+    name="search",
+    result=MinimalSets,
+    compute=compute,
+    reads=("prompt_sets", "candidates"),
+    config_sections=("search",),
+    summary=summary,
+    report=report,
+    export=export,
+)
