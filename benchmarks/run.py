@@ -604,7 +604,7 @@ def table(results: dict) -> str:
             add(s, f"refusal score, {p['n_pairs']} pairs ({chunk}/fwd)", f"{p['plain']['per_s']:.0f} /s",
                 f"{p['pairs']['per_s']:.0f} pairs/s", f"{p['pairs']['ratio_to_plain']:.2f}", "(report)",
                 p["pairs"].get("ratio_best"))
-            add(s, f"  same, for_rows(universe=candidates)", "",
+            add(s, "  same, for_rows(universe=candidates)", "",
                 f"{p['pairs_universe']['per_s']:.0f} pairs/s", f"{p['pairs_universe']['ratio_to_plain']:.2f}", "")
         if "search" in r:
             q = r["search"]

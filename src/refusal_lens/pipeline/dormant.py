@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from pydantic import BaseModel, Field
 
 from refusal_lens.activations import read_features

@@ -21,16 +21,13 @@ from torch import nn
 
 from refusal_lens.activations import FeatureActivations, read_features
 from refusal_lens.interventions import FeatureKey, FeatureOp
-from refusal_lens.models import ChatModel
 from refusal_lens.pipeline.config import InteractionsConfig
 from refusal_lens.pipeline.prompt_sets import PromptSets, texts
 from refusal_lens.pipeline.search import MinimalSets, SetEvaluator
 from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
 from refusal_lens.pipeline.store import StageDir
 from refusal_lens.prefix_cache import build_prefix_cache
-from refusal_lens.progress import batches
 from refusal_lens.report import ReportSection, img, save_figure, subplots, table
-from refusal_lens.saes import SAESet
 
 
 class FactorizationMachine(nn.Module):
