@@ -74,7 +74,7 @@ def test_a_narrow_terminal_never_cuts_a_name_column():
     from rich.console import Console
     from rich.table import Table
 
-    from refusal_lens.cli.common import add_name_column
+    from refusal_lens.console import add_name_column
 
     names = ["minimal_shared_union", "directional_ablation", "wildjailbreak-adversarial-harmful"]
     table = Table()

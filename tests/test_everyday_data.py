@@ -8,11 +8,17 @@ from collections import Counter
 
 import pytest
 
-from organism_build.everyday import everyday_heldout, everyday_source, everyday_train, heldout, train
+from organism_build import prompt_sets as P
+from organism_build.everyday import (
+    everyday_heldout,
+    everyday_source,
+    everyday_train,
+    heldout,
+    train,
+)
 from organism_build.everyday.checks import FAR, blocked_words, closest, content_words
 from refusal_lens.data import offline
 from refusal_lens.data.dedup import normalise_text
-from refusal_lens.organism import prompts as P
 
 
 def _project_prompts():

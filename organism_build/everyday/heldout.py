@@ -29,10 +29,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from organism_build import prompt_sets as P
 from organism_build.everyday import DATA_DIR
 from organism_build.everyday.checks import FAR, blocked_words, closest, content_words
 from refusal_lens.data.dedup import normalise_text
-from refusal_lens.organism import prompts as P
 
 SEED = 21
 N_VAL, N_TEST = 150, 300

@@ -26,7 +26,11 @@ from typing import Any
 
 import torch
 
+from refusal_lens.activations import model_inputs
 from refusal_lens.data.errors import DataError
+from refusal_lens.generation import generate
+from refusal_lens.interventions import intervene
+from refusal_lens.scoring import last_position_logits
 from refusal_lens.stats import mcnemar, rate_with_interval
 
 # --- cross-entropy of own completions --------------------------------------------------------
@@ -48,8 +52,6 @@ class CrossEntropy:
 def own_completions(chat_model: Any, instructions: Sequence[str], *, max_new_tokens: int = 64,
                     batch_size: int = 8) -> list[str]:
     """Greedy completions of the unmodified model (the reference every method is scored on)."""
-    from refusal_lens.generation import generate
-
     return generate(chat_model, list(instructions), max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
@@ -61,9 +63,6 @@ def _prompt_ids(chat_model: Any, instructions: Sequence[str]) -> list[list[int]]
 @torch.no_grad()
 def _batch_token_losses(chat_model: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]],
                         interventions: Sequence[Any]) -> list[torch.Tensor]:
-    from refusal_lens.activations import model_inputs
-    from refusal_lens.interventions import intervene
-
     sequences = [p + c for p, c in zip(prompt_ids, completion_ids)]
     batch = chat_model.pad(sequences)
     width = batch["input_ids"].shape[1]
@@ -217,8 +216,6 @@ def _label_token_ids(tokenizer: Any, label: str) -> list[int]:
 def multiple_choice_accuracy(chat_model: Any, questions: Sequence[MCQuestion], *,
                              interventions: Sequence[Any] = (), batch_size: int = 8) -> dict:
     """``{"rate", "ci_low", "ci_high", "n", "k", "correct": [...], "predicted": [...]}``."""
-    from refusal_lens.scoring import last_position_logits
-
     if not questions:
         raise ValueError("no multiple-choice questions to score")
     cache: dict[str, list[int]] = {}

@@ -10,6 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from refusal_lens.artifacts import stable_hash
+from refusal_lens.models import load_chat_model
+from refusal_lens.saes import load_sae_set
 
 
 class ConfigError(ValueError):
@@ -37,8 +39,6 @@ class ModelConfig(StrictModel):
     system_prompt: str | None = Field(None, description="a system prompt put before every instruction")
 
     def load(self):
-        from refusal_lens.models import load_chat_model
-
         return load_chat_model(self.name, dtype=self.dtype, device=self.device, device_map=self.device_map,
                                refusal_tokens=self.refusal_tokens, chat_template=self.chat_template,
                                system_prompt=self.system_prompt)
@@ -59,8 +59,6 @@ class SAEConfig(StrictModel):
         return value
 
     def load(self, chat_model):
-        from refusal_lens.saes import load_sae_set
-
         saes = load_sae_set(self.source, self.layers, device=str(chat_model.device), dtype=self.dtype)
         return saes.check_against(chat_model.n_layers, chat_model.d_model)
 

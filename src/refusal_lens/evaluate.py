@@ -9,6 +9,8 @@ from refusal_lens.data.prompts import Prompt
 from refusal_lens.generation import generate
 from refusal_lens.interventions import Intervention
 from refusal_lens.judges import Judge
+from refusal_lens.judges.agreement import agreement_table, asr_table
+from refusal_lens.judges.base import Verdict
 from refusal_lens.models import ChatModel
 from refusal_lens.scoring import refusal_scores
 from refusal_lens.stats import rate_with_interval
@@ -50,9 +52,6 @@ def evaluate_prompts(chat_model: ChatModel, prompts: Sequence[Prompt], judge: Ju
 
 def judge_tables(results: Sequence[PromptResult]) -> dict:
     """ASR per judge and the pairwise agreement table, when several judges ran."""
-    from refusal_lens.judges.agreement import agreement_table, asr_table
-    from refusal_lens.judges.base import Verdict
-
     if not results or not results[0].verdicts:
         return {}
     names = list(results[0].verdicts)

@@ -4,39 +4,32 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from refusal_lens.console import stdout_console
 from refusal_lens.data.prompts import Prompt
 
-PIPE_WIDTH = 10_000  # piped or redirected output: a table row is one line, never wrapped or cut
-
-
-def _stdout_console() -> Console:
-    """Results go to stdout, so that `refusal-lens ... > out.txt` captures them; when stdout is
-    not a terminal, lines are not wrapped to 80 columns, so `| grep` sees whole rows."""
-    terminal = Console()
-    return terminal if terminal.is_terminal else Console(width=PIPE_WIDTH)
-
-
 console = Console(stderr=True)  # progress, status and errors
-results_console = _stdout_console()
+results_console = stdout_console()
 
 
-def add_name_column(table: Table, header: str, names: Iterable[str]) -> None:
-    """A column of names (methods, data sets) that a narrow terminal never wraps or cuts: the
-    other columns give way."""
-    table.add_column(header, no_wrap=True, min_width=max((len(n) for n in names), default=len(header)))
-
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'organism', a Hugging Face id, a model folder or a .gguf file.")]
+# Every option is defined once, here. Options a run's config file also sets default to None
+# ("not given"), so they override the file only when given.
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="'organism', a Hugging Face id, a model folder or a .gguf file "
+                          "(default: organism, or a run config's model.name).")]
+SaesOpt = Annotated[Optional[str], typer.Option(
+    "--saes", help="'organism', a sae_lens release RELEASE[:WIDTH] or a folder of SAEs "
+                   "(default: organism, or a run config's saes.source).")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when present).")]
-DtypeOpt = Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")]
-DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="e.g. 'auto' to spread the model over all visible GPUs.")]
+DtypeOpt = Annotated[Optional[str], typer.Option(
+    help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16 (default: auto).")]
+DeviceMapOpt = Annotated[Optional[str], typer.Option(
+    "--device-map", help="e.g. 'auto' to spread the model over all visible GPUs.")]
 PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", help="A .txt/.json/.jsonl/.csv/.parquet file of prompts.")]
 DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="A registered data set (see `refusal-lens datasets list`).")]
 ColumnOpt = Annotated[Optional[str], typer.Option("--column", help="The column holding the prompt (csv/parquet/json objects).")]

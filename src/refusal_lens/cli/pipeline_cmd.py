@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from refusal_lens.cli.common import console, friendly_errors, results_console
+from refusal_lens.cli.common import (
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    SaesOpt,
+    check_output,
+    console,
+    friendly_errors,
+    results_console,
+)
 from refusal_lens.pipeline import stages
 
 if TYPE_CHECKING:
@@ -19,11 +29,6 @@ if TYPE_CHECKING:
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="A TOML or JSON run config (see docs/CONFIG.md).")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="The run folder (artifacts are reused from it).")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Overrides model.name.")]
-SaesOpt = Annotated[Optional[str], typer.Option("--saes", help="Overrides saes.source: organism, RELEASE[:WIDTH] or a folder.")]
-DeviceOpt = Annotated[Optional[str], typer.Option(help="Overrides model.device.")]
-DtypeOpt = Annotated[Optional[str], typer.Option(help="Overrides model.dtype.")]
-DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="Overrides model.device_map (e.g. auto).")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="Overrides seed.")]
 NSearchOpt = Annotated[Optional[int], typer.Option("--n-search", help="Overrides data.n_search.")]
 NEvalOpt = Annotated[Optional[int], typer.Option("--n-eval", help="Overrides data.n_eval.")]
@@ -59,6 +64,7 @@ def _load_config(config: Path | None, overrides: dict, base: dict | None = None)
 def _run(config, out: Path, until: str = "evaluation") -> dict[str, BaseModel]:
     from refusal_lens.pipeline.run import run_pipeline
 
+    check_output(out, folder=True)
     out.mkdir(parents=True, exist_ok=True)
     return run_pipeline(config, out, until=until, console=console)
 

