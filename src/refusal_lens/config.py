@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from refusal_lens.artifacts import stable_hash
 from refusal_lens.models import load_chat_model
-from refusal_lens.saes import load_sae_set
+from refusal_lens.saes import check_sae_spec, load_sae_set
 
 
 class ConfigError(ValueError):
@@ -57,6 +57,10 @@ class SAEConfig(StrictModel):
         if value != "all" and not value:
             raise ValueError("layers must be 'all' or a non-empty list")
         return value
+
+    def check_source(self) -> None:
+        """Fail now, not stages later, when ``source`` names no SAEs."""
+        check_sae_spec(self.source)
 
     def load(self, chat_model):
         saes = load_sae_set(self.source, self.layers, device=str(chat_model.device), dtype=self.dtype)

@@ -1,5 +1,5 @@
-"""Terminal output of results: a stdout console that keeps whole rows when piped, and name
-columns that a narrow terminal never wraps or cuts."""
+"""Terminal output: consoles that keep whole lines when piped, and name columns that a narrow
+terminal never wraps or cuts."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from rich.table import Table
 PIPE_WIDTH = 10_000  # piped or redirected output: a table row is one line, never wrapped or cut
 
 
-def stdout_console() -> Console:
-    """Results go to stdout, so that `refusal-lens ... > out.txt` captures them; when stdout is
-    not a terminal, lines are not wrapped to 80 columns, so `| grep` sees whole rows."""
-    terminal = Console()
-    return terminal if terminal.is_terminal else Console(width=PIPE_WIDTH)
+def unwrapped_console(*, stderr: bool = False) -> Console:
+    """A console that wraps to the terminal, or not at all when piped or redirected (rich would
+    wrap at 80 columns): results on stdout, so that `| grep` sees whole rows; errors on stderr,
+    one line each in a log."""
+    terminal = Console(stderr=stderr)
+    return terminal if terminal.is_terminal else Console(stderr=stderr, width=PIPE_WIDTH)
 
 
 def add_name_column(table: Table, header: str, names: Iterable[str]) -> None:

@@ -21,11 +21,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                      help="Show the version and exit.")) -> None:
+                                      help="Show the version and exit."),
+         debug: bool = typer.Option(False, "--debug", help="Show an error's full traceback instead of one line.")) -> None:
     """Find out why a chat model refuses."""
+    common.show_tracebacks(debug)
 
 
-from refusal_lens.cli import datasets_cmd, eval_cmd, organism_cmd, pipeline_cmd  # noqa: E402
+from refusal_lens.cli import common, datasets_cmd, eval_cmd, organism_cmd, pipeline_cmd  # noqa: E402
 
 for module in (eval_cmd, datasets_cmd, organism_cmd, pipeline_cmd):
     module.register(app)

@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from refusal_lens.console import stdout_console
+from refusal_lens.console import unwrapped_console
 from refusal_lens.data.prompts import Prompt
 
-console = Console(stderr=True)  # progress, status and errors
-results_console = stdout_console()
+console = unwrapped_console(stderr=True)  # progress, status and errors
+results_console = unwrapped_console()  # results, so that `refusal-lens ... > out.txt` captures them
 
 
 # Every option is defined once, here. Options a run's config file also sets default to None
@@ -37,14 +36,29 @@ SplitOpt = Annotated[Optional[str], typer.Option("--split", help="Keep only this
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="Keep only the first N prompts.")]
 
 
+INPUT_ERRORS = (ValueError, KeyError, IndexError, OSError, NotImplementedError, RuntimeError)
+_tracebacks = False
+
+
+def show_tracebacks(on: bool) -> None:
+    """``refusal-lens --debug ...``: let errors through with their traceback."""
+    global _tracebacks
+    _tracebacks = on
+
+
 def friendly_errors(command):
-    """Turn the project's input errors into one red line and exit code 2, not a traceback."""
+    """Turn the project's input errors into one red line and exit code 2, not a traceback
+    (``refusal-lens --debug`` shows the traceback)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ValueError, KeyError, IndexError, FileNotFoundError, NotImplementedError, RuntimeError) as error:
+        except typer.Exit:  # a RuntimeError too: an exit code chosen on purpose
+            raise
+        except INPUT_ERRORS as error:
+            if _tracebacks:
+                raise
             message = error.args[0] if isinstance(error, KeyError) and error.args else error
             console.print(f"[bold red]Error:[/] {message}")
             raise typer.Exit(2) from None

@@ -65,6 +65,7 @@ def _run(config, out: Path, until: str = "evaluation") -> dict[str, BaseModel]:
     from refusal_lens.pipeline.run import run_pipeline
 
     check_output(out, folder=True)
+    config.saes.check_source()
     out.mkdir(parents=True, exist_ok=True)
     return run_pipeline(config, out, until=until, console=console)
 

@@ -69,7 +69,11 @@ def load_feature_set(path: str | Path) -> FeatureSetFile:
         raise InterventionFileError(f"Feature file {path} lists no features.")
     operation = payload.get("operation", {"kind": "zero"})
     try:
-        op = FeatureOp(operation.get("kind", "zero"), float(operation.get("value", 0.0)))
+        kind = operation.get("kind", "zero")
+        if kind in ("scale", "set") and "value" not in operation:
+            raise ValueError(f"operation {kind!r} needs a value, e.g. {{\"kind\": \"{kind}\", \"value\": "
+                             f"{-3 if kind == 'scale' else 20}}}")
+        op = FeatureOp(kind, float(operation.get("value", 0.0)))
     except (AttributeError, ValueError) as error:
         raise InterventionFileError(f"Bad 'operation' in {path}: {error}") from None
     return FeatureSetFile(saes=str(payload["saes"]), op=op, features=features)

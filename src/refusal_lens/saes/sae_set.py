@@ -208,6 +208,21 @@ def _layer_of_hook(folder: Path) -> int:
                        "in a layer_<L>/ sub-folder.")
 
 
+def check_sae_spec(spec: str) -> None:
+    """Raise the error ``load_sae_set(spec)`` would raise for a name that resolves to nothing,
+    without loading anything (so a run fails before its first stage, not at the candidates)."""
+    if sae_source(spec) is not None or Path(spec).expanduser().is_dir():
+        return
+    release = spec.partition(":")[0]
+    if release in _sae_lens_directory() or release in known_releases():
+        return
+    close = difflib.get_close_matches(release, [*known_releases(), *_sae_lens_directory()], n=5)
+    registered = ", ".join(repr(n) for n in named_sae_sources()) or "none"
+    raise SAELoadError(f"Unknown SAEs {spec!r}: not a registered name ({registered}), not a folder, "
+                       f"not a sae_lens release. Did you mean: {', '.join(close) or 'none'}? Releases "
+                       f"with a layer map: {', '.join(known_releases())}.")
+
+
 def load_sae_set(spec: str, layers: Iterable[int] | str = "all", *, device: str = "cpu",
                  dtype: str = "float32") -> SAESet:
     """Resolve a CLI-style spec: a registered name (``organism``: see
@@ -225,11 +240,6 @@ def load_sae_set(spec: str, layers: Iterable[int] | str = "all", *, device: str 
     if Path(spec).expanduser().is_dir():
         return SAESet.from_disk(Path(spec).expanduser(), None if layers == "all" else layers,
                                 device=device, dtype=dtype)
+    check_sae_spec(spec)
     release, _, width = spec.partition(":")
-    if release in _sae_lens_directory() or release in known_releases():
-        return SAESet.from_release(release, layers, width=width or None, device=device, dtype=dtype)
-    close = difflib.get_close_matches(release, [*known_releases(), *_sae_lens_directory()], n=5)
-    registered = ", ".join(repr(n) for n in named_sae_sources()) or "none"
-    raise SAELoadError(f"Unknown SAEs {spec!r}: not a registered name ({registered}), not a folder, "
-                       f"not a sae_lens release. Did you mean: {', '.join(close) or 'none'}? Releases "
-                       f"with a layer map: {', '.join(known_releases())}.")
+    return SAESet.from_release(release, layers, width=width or None, device=device, dtype=dtype)
