@@ -94,6 +94,8 @@ class SetEvaluator:
             probs.append(torch.sigmoid(score).cpu())  # score is the log-odds of P(refusal)
             self.forward_passes += 1
             self.rows += len(chunk)
+        if not pairs:  # e.g. a resumed search: every track already past its first test
+            return torch.empty(0), torch.empty(0)
         return torch.cat(scores), torch.cat(probs)
 
 
