@@ -25,9 +25,7 @@ from refusal_lens.interventions import (
     DirectionalAblation,
     FeatureIntervention,
     FeatureKey,
-    FeatureOp,
 )
-from refusal_lens.interventions.files import save_feature_set
 from refusal_lens.judges import get_judge
 from refusal_lens.pipeline.direction import load_vector
 from refusal_lens.pipeline.interactions import Interactions
@@ -249,8 +247,7 @@ def report(result: Evaluation, inputs: Inputs, figures: Path) -> list[ReportSect
 def export(ctx: RunContext, result: Evaluation, stage_dir: StageDir) -> None:
     for name, features in result.feature_sets.items():
         if features and name not in SEARCH_FEATURE_SETS:
-            save_feature_set(ctx.out_dir / "feature_sets" / f"{name}.json", list(features),
-                             saes=ctx.config.saes.source, op=FeatureOp("zero"))
+            ctx.export_feature_set(name, features)
 
 
 STAGE = Stage(

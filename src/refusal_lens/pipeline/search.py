@@ -28,7 +28,6 @@ import torch
 from pydantic import BaseModel, Field
 
 from refusal_lens.interventions import FeatureIntervention, FeatureKey, FeatureOp
-from refusal_lens.interventions.files import save_feature_set
 from refusal_lens.models import ChatModel
 from refusal_lens.pipeline.candidates import Candidates
 from refusal_lens.pipeline.prompt_sets import PromptSets, texts
@@ -354,8 +353,7 @@ def export(ctx: RunContext, result: MinimalSets, stage_dir: StageDir) -> None:
     for name, features in (("minimal_shared", result.shared.intersection),
                            ("minimal_shared_union", result.shared.union)):
         if features:
-            save_feature_set(ctx.out_dir / "feature_sets" / f"{name}.json", list(features),
-                             saes=ctx.config.saes.source, op=FeatureOp("zero"))
+            ctx.export_feature_set(name, features)
 
 
 STAGE = Stage(

@@ -6,7 +6,7 @@ A stage is one module ``refusal_lens.pipeline.<name>`` that ends with ``STAGE = 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -15,6 +15,8 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 from rich.console import Console, RenderableType
 
+from refusal_lens.interventions import FeatureKey, FeatureOp
+from refusal_lens.interventions.files import save_feature_set
 from refusal_lens.models import ChatModel
 from refusal_lens.pipeline.config import RunConfig
 from refusal_lens.pipeline.store import ArtifactStore, StageDir
@@ -42,6 +44,11 @@ class RunContext:
     def chat_model(self) -> ChatModel:
         self.console.print(f"Loading model [bold]{self.config.model.name}[/] ...")
         return self.config.model.load()
+
+    def export_feature_set(self, name: str, features: Sequence[FeatureKey], op: FeatureOp = FeatureOp("zero")) -> None:
+        """``<run>/feature_sets/<name>.json``, which ``refusal-lens eval --intervention features:FILE`` reads."""
+        save_feature_set(self.out_dir / "feature_sets" / f"{name}.json", list(features),
+                         saes=self.config.saes.source, op=op)
 
     @cached_property
     def saes(self) -> SAESet:
