@@ -285,8 +285,8 @@ def _variant_of(sae_id: str) -> tuple[str | None, float | None]:
         return "canonical", None
     if match := re.search(r"average_l0_(\d+)", sae_id):
         return match.group(1), float(match.group(1))
-    if match := re.search(r"l0_(small|medium|big)", sae_id):
-        return match.group(1), None
+    if match := re.search(r"l0_((?:small|medium|big)\w*)", sae_id):
+        return match.group(1), None  # e.g. medium, medium_seed_1
     if match := re.search(r"(trainer_\d+(?:_step_\d+)?)", sae_id):
         return match.group(1), None
     if match := re.match(r"^l\d+(?:r|a|m|tc)_(?!\d+x$)(?:\d+x_)?(.+)$", sae_id):
@@ -303,9 +303,10 @@ def _first_match(patterns: list[str], text: str) -> str | None:
 
 def _l0_order(sae: ReleaseSAE) -> tuple:
     if sae.l0 is not None:
-        return (0, sae.l0)
-    if sae.variant in L0_WORDS:
-        return (0, L0_WORDS[sae.variant])
+        return (0, sae.l0, "")
+    word = (sae.variant or "").split("_")[0]
+    if word in L0_WORDS:
+        return (0, L0_WORDS[word], sae.variant)
     return (1, _natural_key(sae.variant or ""))
 
 
