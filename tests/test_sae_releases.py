@@ -187,6 +187,17 @@ def test_a_loaded_hook_that_disagrees_is_an_error(monkeypatch):
         SAESet.from_release("llama_scope_lxr_8x", [11])[11]
 
 
+def test_a_single_folder_with_a_resid_pre_hook_is_the_previous_layer(tmp_path):
+    sae = make_sae("topk", 32)
+    sae.cfg.metadata.hook_name = "blocks.4.hook_resid_pre"
+    sae.save_model(str(tmp_path / "pre"))
+    assert SAESet.from_disk(tmp_path / "pre").layers == [3]
+    sae.cfg.metadata.hook_name = "blocks.4.hook_mlp_out"
+    sae.save_model(str(tmp_path / "mlp"))
+    with pytest.raises(SAELoadError, match="not a block's hook_resid_post"):
+        SAESet.from_disk(tmp_path / "mlp")
+
+
 def test_hook_names():
     assert hook_kind_and_layer("blocks.12.hook_resid_post") == ("resid_post", 12)
     assert hook_kind_and_layer("blocks.3.hook_resid_pre") == ("resid_pre", 3)
@@ -201,7 +212,10 @@ def test_hook_names():
     ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/llama-3.1-8b-instruct", "same"),
     ("google/gemma-3-4b-it", "google/gemma-3-4b-pt", "base-vs-it"),
     ("Qwen/Qwen3-8B-Base", "Qwen/Qwen3-8B", "base-vs-it"),
+    ("mistral-7b", "mistralai/Mistral-7B-Instruct-v0.2", "base-vs-it"),
+    ("meta-llama/Meta-Llama-3-8B-Instruct", "meta-llama/Meta-Llama-3-8B", "base-vs-it"),
     ("gemma-2-2b", "google/gemma-2-9b-it", "different"),
+    ("gemma-2b-it", "google/gemma-2-2b-it", "different"),
     ("meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "different"),
     ("gemma-2-2b", None, None),
 ])

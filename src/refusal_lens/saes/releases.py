@@ -36,6 +36,7 @@ CONVERSION_KINDS = {"goodfire": RESID_POST, "qwen_scope": RESID_POST, "deepseek_
                     "mwhanna_transcoder": "transcoder", "mntss_clt_layer_transcoder": "transcoder"}
 LLAMA_SCOPE_KINDS = {"r": RESID_POST, "a": "attn", "m": "mlp", "tc": "transcoder"}
 L0_WORDS = {"small": 0, "medium": 1, "big": 2}
+TUNING_WORDS = {"it", "instruct", "chat", "pt", "base"}
 
 _HOOK_PATTERNS = [  # (regex over the id and path, kind); the first that matches decides
     (r"hook_embed|(^|/)embedding(/|$)", "embed"),
@@ -330,4 +331,6 @@ def _model_key(name: str) -> str:
 
 
 def _strip_tuning(key: str) -> str:
-    return re.sub(r"-(it|instruct|chat|pt|base)$", "", key)
+    """``mistral-7b-instruct-v0.1`` -> ``mistral-7b``: the model before its chat tuning."""
+    words = [w for w in key.split("-") if w not in TUNING_WORDS and not re.fullmatch(r"v\d+(\.\d+)*", w)]
+    return "-".join(words)

@@ -13,7 +13,8 @@ from pathlib import Path
 from sae_lens import SAE
 
 from refusal_lens.saes.registry import named_sae_sources, sae_source
-from refusal_lens.saes.releases import Release, ReleaseError, check_loaded_hook, compare_models, resolve_release
+from refusal_lens.saes.releases import (Release, ReleaseError, check_loaded_hook, compare_models, hook_kind_and_layer,
+                                       our_layer, resolve_release)
 
 SAE_CONFIG_FILE = "cfg.json"
 SAE_WEIGHTS_FILE = "sae_weights.safetensors"
@@ -230,11 +231,11 @@ class SAESet(Mapping[int, SAE]):
 def _layer_of_hook(folder: Path) -> int:
     cfg = json.loads((folder / SAE_CONFIG_FILE).read_text())
     hook = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or ""
-    parts = hook.split(".")
-    if len(parts) >= 2 and parts[0] == "blocks" and parts[1].isdigit():
-        return int(parts[1])
-    raise SAELoadError(f"Cannot tell the layer of the SAE in {folder} (hook {hook!r}); put it "
-                       "in a layer_<L>/ sub-folder.")
+    layer = our_layer(*hook_kind_and_layer(hook))
+    if layer is not None:
+        return layer
+    raise SAELoadError(f"Cannot tell the layer of the SAE in {folder} (hook {hook!r}: not a block's "
+                       "hook_resid_post or hook_resid_pre); put it in a layer_<L>/ sub-folder.")
 
 
 def check_sae_spec(spec: str) -> None:
