@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 RESID_POST, RESID_PRE = "resid_post", "resid_pre"
@@ -97,7 +97,6 @@ class Release:
     model: str | None
     saes: tuple[ReleaseSAE, ...]
     repo_id: str | None = None
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def usable(self) -> list[ReleaseSAE]:
