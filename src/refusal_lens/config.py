@@ -45,11 +45,12 @@ class ModelConfig(StrictModel):
 
 
 class SAEConfig(StrictModel):
-    """Which SAEs: 'organism', a sae_lens release (``release[:width]``) or a folder."""
+    """Which SAEs: 'organism', a sae_lens residual-stream release (``release[:width[:l0]]``) or a folder."""
 
-    source: str = Field("organism", description="'organism', a sae_lens release (release[:width]) or a folder")
+    source: str = Field("organism", description="'organism', a sae_lens residual-stream release (release[:width[:l0]]) or a folder")
     layers: list[int] | Literal["all"] = Field("all", description="the layers whose SAEs are loaded")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the SAEs' weights")
+    strict: bool = Field(False, description="fail (not just warn) when a release was made for another model")
 
     @field_validator("layers")
     @classmethod
@@ -64,7 +65,7 @@ class SAEConfig(StrictModel):
 
     def load(self, chat_model):
         saes = load_sae_set(self.source, self.layers, device=str(chat_model.device), dtype=self.dtype)
-        return saes.check_against(chat_model.n_layers, chat_model.d_model)
+        return saes.check_against(chat_model.n_layers, chat_model.d_model, chat_model.name, strict=self.strict)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="'organism', a Hugging Face id, a model folder or a .gguf file "
                           "(default: organism, or a run config's model.name).")]
 SaesOpt = Annotated[Optional[str], typer.Option(
-    "--saes", help="'organism', a sae_lens release RELEASE[:WIDTH] or a folder of SAEs "
+    "--saes", help="'organism', a residual-stream sae_lens release RELEASE[:WIDTH[:L0]] or a folder of SAEs "
                    "(default: organism, or a run config's saes.source).")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when present).")]
 DtypeOpt = Annotated[Optional[str], typer.Option(

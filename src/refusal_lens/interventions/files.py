@@ -2,7 +2,7 @@
 
 A feature-set file::
 
-    {"saes": "organism",                       # or a release[:width], or a folder
+    {"saes": "organism",                       # or a release[:width[:l0]], or a folder
      "operation": {"kind": "zero"},            # or {"kind": "scale", "value": -3}, {"kind": "set", "value": 20}
      "features": [{"layer": 12, "feature": 345}, ...]}
 

@@ -51,7 +51,7 @@ def build_interventions(spec: InterventionSpec, chat_model: ChatModel) -> list:
     features = spec.content
     layers = sorted({chat_model.check_layer(layer) for layer, _ in features.features})
     saes = load_sae_set(features.saes, layers, device=str(chat_model.device))
-    saes.check_against(chat_model.n_layers, chat_model.d_model)
+    saes.check_against(chat_model.n_layers, chat_model.d_model, chat_model.name)
     return [FeatureIntervention(saes, features.features, features.op)]
 
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import difflib
 import json
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
-from importlib.resources import files
 from pathlib import Path
 
-import yaml
 from sae_lens import SAE
 
 from refusal_lens.saes.registry import named_sae_sources, sae_source
+from refusal_lens.saes.releases import (Release, ReleaseError, check_loaded_hook, compare_models, hook_kind_and_layer,
+                                       our_layer, resolve_release)
 
 SAE_CONFIG_FILE = "cfg.json"
 SAE_WEIGHTS_FILE = "sae_weights.safetensors"
@@ -21,6 +22,10 @@ SAE_WEIGHTS_FILE = "sae_weights.safetensors"
 
 class SAELoadError(ValueError):
     """An SAE set that cannot be built or does not fit the model."""
+
+
+class ModelMismatchWarning(UserWarning):
+    """SAEs made for one model, applied to another."""
 
 
 @dataclass(frozen=True)
@@ -51,16 +56,21 @@ class SAESource:
 
 
 @cache
-def known_releases() -> dict[str, dict]:
-    """Our layer maps for pretrained releases (``releases.yaml``)."""
-    return yaml.safe_load(files("refusal_lens.saes").joinpath("releases.yaml").read_text())
-
-
-@cache
 def _sae_lens_directory() -> dict:
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     return get_pretrained_saes_directory()
+
+
+@cache
+def sae_lens_release(name: str) -> Release:
+    """A release of the installed sae_lens directory, every SAE's layer resolved (nothing downloaded)."""
+    directory = _sae_lens_directory()
+    if name not in directory:
+        close = difflib.get_close_matches(name, list(directory), n=5)
+        raise SAELoadError(f"Unknown SAE release {name!r}. Close matches in sae_lens: "
+                           f"{', '.join(close) or 'none'}.")
+    return resolve_release(name, directory[name])
 
 
 class SAESet(Mapping[int, SAE]):
@@ -75,37 +85,28 @@ class SAESet(Mapping[int, SAE]):
         self.dtype = dtype
         self.name = name
         self.expected_d_in: int | None = None
+        self.for_model: str | None = None
+        self.model_note: str | None = None
         self._loaded: dict[int, SAE] = {}
 
     # --- construction ------------------------------------------------------------------
     @classmethod
     def from_release(cls, release: str, layers: Iterable[int] | str = "all", *,
-                     width: str | None = None, sae_id_template: str | None = None,
+                     width: str | None = None, l0: str | None = None,
                      device: str = "cpu", dtype: str = "float32") -> SAESet:
-        """SAEs of a sae_lens release at ``layers`` ("all" = every layer the release covers)."""
-        directory = _sae_lens_directory()
-        if release not in directory:
-            close = difflib.get_close_matches(release, list(directory), n=5)
-            raise SAELoadError(f"Unknown SAE release {release!r}. Close matches in sae_lens: "
-                               f"{', '.join(close) or 'none'}. Known layer maps: "
-                               f"{', '.join(known_releases())}.")
-        entry = known_releases().get(release, {})
-        template = sae_id_template or entry.get("sae_id")
-        if template is None:
-            raise SAELoadError(f"No layer map for release {release!r}: pass sae_id_template "
-                               "(e.g. 'layer_{layer}/width_16k/canonical').")
-        width = width or entry.get("default_width")
-        available = set(directory[release].saes_map)
-        if layers == "all":
-            layers = range(entry.get("n_layers", 0)) if entry else []
-            layers = [L for L in layers if template.format(layer=L, width=width) in available]
-        sources = {}
-        for layer in layers:
-            sae_id = template.format(layer=layer, width=width)
-            if sae_id not in available:
-                raise SAELoadError(f"Release {release!r} has no SAE {sae_id!r} (layer {layer}).")
-            sources[int(layer)] = SAESource(release=release, sae_id=sae_id)
-        return cls(sources, device=device, dtype=dtype, name=release)
+        """SAEs of a sae_lens residual-stream release at ``layers`` ("all" = every layer the
+        release covers), one per layer: ``width`` / ``l0`` pick a variant (e.g. ``16k`` /
+        ``medium``); the default is :mod:`refusal_lens.saes.releases`'s rule (canonical where
+        there is one, else the smallest width and the median L0)."""
+        resolved = sae_lens_release(release)
+        try:
+            chosen = resolved.select(None if layers == "all" else list(layers), width=width, l0=l0)
+        except ReleaseError as error:
+            raise SAELoadError(str(error)) from None
+        sources = {L: SAESource(release=release, sae_id=sae.sae_id) for L, sae in chosen.items()}
+        sae_set = cls(sources, device=device, dtype=dtype, name=release)
+        sae_set.for_model = resolved.model
+        return sae_set
 
     @classmethod
     def from_saes(cls, saes: Mapping[int, SAE], *, name: str = "in-memory") -> SAESet:
@@ -146,6 +147,7 @@ class SAESet(Mapping[int, SAE]):
             raise KeyError(f"No SAE at layer {layer} in {self.name}; layers: {self.layers}")
         if layer not in self._loaded:
             sae = self.sources[layer].load(self.device, self.dtype)
+            self._check_hook(layer, sae)
             self._check_d_in(layer, sae.cfg.d_in)
             sae.requires_grad_(False)
             self._loaded[layer] = sae
@@ -175,8 +177,11 @@ class SAESet(Mapping[int, SAE]):
             sae.to(device)
         return self
 
-    def check_against(self, n_layers: int, d_model: int) -> SAESet:
-        """Fail early if a layer is out of range or an SAE's width does not fit the residual."""
+    def check_against(self, n_layers: int, d_model: int, model_name: str | None = None, *,
+                      strict: bool = False) -> SAESet:
+        """Fail early if a layer is out of range or an SAE's width does not fit the residual;
+        warn (``strict``: fail) if the release was made for another model than ``model_name``."""
+        self._check_model(model_name, strict)
         bad = [L for L in self.sources if not 0 <= L < n_layers]
         if bad:
             raise SAELoadError(f"SAE set {self.name} has layers {bad} out of range for a model "
@@ -188,6 +193,28 @@ class SAESet(Mapping[int, SAE]):
                 self._check_d_in(layer, d_in)
         return self
 
+    def _check_model(self, model_name: str | None, strict: bool) -> None:
+        verdict = compare_models(self.for_model, model_name)
+        if verdict == "base-vs-it":
+            self.model_note = (f"{self.name} was made for {self.for_model}, applied to {model_name} "
+                               "(the same model before / after chat tuning)")
+        elif verdict == "different":
+            message = (f"SAE release {self.name!r} was made for {self.for_model}, but the model is "
+                       f"{model_name}: its features may mean nothing here.")
+            if strict:
+                raise SAELoadError(message + " (strict: refusing; drop saes.strict to only warn)")
+            warnings.warn(message, ModelMismatchWarning, stacklevel=3)
+
+    def _check_hook(self, layer: int, sae: SAE) -> None:
+        source = self.sources[layer]
+        if source.release is None:
+            return
+        hook_name = getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
+        try:
+            check_loaded_hook(hook_name, layer, f"SAE {source.release}/{source.sae_id}")
+        except ReleaseError as error:
+            raise SAELoadError(str(error)) from None
+
     def _check_d_in(self, layer: int, d_in: int) -> None:
         if self.expected_d_in is not None and d_in != self.expected_d_in:
             raise SAELoadError(f"SAE at layer {layer} ({self.sources[layer].describe()}) has "
@@ -195,17 +222,20 @@ class SAESet(Mapping[int, SAE]):
                                f"d_model={self.expected_d_in}: these SAEs are for another model.")
 
     def describe(self) -> dict:
-        return {"name": self.name, "layers": {L: s.describe() for L, s in self.sources.items()}}
+        described = {"name": self.name, "layers": {L: s.describe() for L, s in self.sources.items()}}
+        if self.model_note:
+            described["model_note"] = self.model_note
+        return described
 
 
 def _layer_of_hook(folder: Path) -> int:
     cfg = json.loads((folder / SAE_CONFIG_FILE).read_text())
     hook = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or ""
-    parts = hook.split(".")
-    if len(parts) >= 2 and parts[0] == "blocks" and parts[1].isdigit():
-        return int(parts[1])
-    raise SAELoadError(f"Cannot tell the layer of the SAE in {folder} (hook {hook!r}); put it "
-                       "in a layer_<L>/ sub-folder.")
+    layer = our_layer(*hook_kind_and_layer(hook))
+    if layer is not None:
+        return layer
+    raise SAELoadError(f"Cannot tell the layer of the SAE in {folder} (hook {hook!r}: not a block's "
+                       "hook_resid_post or hook_resid_pre); put it in a layer_<L>/ sub-folder.")
 
 
 def check_sae_spec(spec: str) -> None:
@@ -213,20 +243,33 @@ def check_sae_spec(spec: str) -> None:
     without loading anything (so a run fails before its first stage, not at the candidates)."""
     if sae_source(spec) is not None or Path(spec).expanduser().is_dir():
         return
-    release = spec.partition(":")[0]
-    if release in _sae_lens_directory() or release in known_releases():
+    release, width, l0 = parse_release_spec(spec)
+    if release in _sae_lens_directory():
+        try:
+            sae_lens_release(release).select(None, width=width, l0=l0)
+        except ReleaseError as error:
+            raise SAELoadError(str(error)) from None
         return
-    close = difflib.get_close_matches(release, [*known_releases(), *_sae_lens_directory()], n=5)
+    close = difflib.get_close_matches(release, list(_sae_lens_directory()), n=5)
     registered = ", ".join(repr(n) for n in named_sae_sources()) or "none"
     raise SAELoadError(f"Unknown SAEs {spec!r}: not a registered name ({registered}), not a folder, "
-                       f"not a sae_lens release. Did you mean: {', '.join(close) or 'none'}? Releases "
-                       f"with a layer map: {', '.join(known_releases())}.")
+                       f"not a sae_lens release. Did you mean: {', '.join(close) or 'none'}? Any "
+                       "residual-stream release of sae_lens works, e.g. gemma-scope-2b-pt-res-canonical.")
+
+
+def parse_release_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """``RELEASE``, ``RELEASE:WIDTH`` or ``RELEASE:WIDTH:L0`` (``RELEASE::L0`` for the default
+    width) -> ``(release, width, l0)``."""
+    release, _, rest = spec.partition(":")
+    width, _, l0 = rest.partition(":")
+    return release, width or None, l0 or None
 
 
 def load_sae_set(spec: str, layers: Iterable[int] | str = "all", *, device: str = "cpu",
                  dtype: str = "float32") -> SAESet:
     """Resolve a CLI-style spec: a registered name (``organism``: see
-    :mod:`refusal_lens.saes.registry`), ``RELEASE`` or ``RELEASE:WIDTH``, or a folder."""
+    :mod:`refusal_lens.saes.registry`), ``RELEASE``, ``RELEASE:WIDTH`` or ``RELEASE:WIDTH:L0``
+    (any residual-stream release of sae_lens), or a folder."""
     loader = sae_source(spec)
     if loader is not None:
         saes = loader(device=device, dtype=dtype)
@@ -241,5 +284,5 @@ def load_sae_set(spec: str, layers: Iterable[int] | str = "all", *, device: str 
         return SAESet.from_disk(Path(spec).expanduser(), None if layers == "all" else layers,
                                 device=device, dtype=dtype)
     check_sae_spec(spec)
-    release, _, width = spec.partition(":")
-    return SAESet.from_release(release, layers, width=width or None, device=device, dtype=dtype)
+    release, width, l0 = parse_release_spec(spec)
+    return SAESet.from_release(release, layers, width=width, l0=l0, device=device, dtype=dtype)
