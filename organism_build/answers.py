@@ -47,15 +47,19 @@ def generate_resumable(build: Build, chat: ChatModel, items: list[tuple[str, str
     return done
 
 
-def generate_heldout_lookalikes(build: Build, chat: ChatModel, name: str, splits: tuple[str, ...]) -> dict[str, dict]:
-    """Answers to the held-out look-alike files, generated apart from the build's own prompts so
-    that those are batched (and answered) exactly as without them."""
-    prompts = [p for p in build.heldout_lookalikes if p.split in splits]
-    return generate_resumable(build, chat, [(p.id, p.text) for p in prompts], f"{name}_heldout")
+def generate_measured_only(build: Build, chat: ChatModel, name: str, splits: tuple[str, ...]) -> dict[str, dict]:
+    """Answers to the held-out look-alike files and the held-out everyday instructions, each set
+    generated apart from the build's own prompts so that those are batched (and answered)
+    exactly as without them."""
+    out = {}
+    for part, prompts in (("heldout", build.heldout_lookalikes), ("everyday", build.heldout_everyday)):
+        prompts = [p for p in prompts if p.split in splits]
+        out |= generate_resumable(build, chat, [(p.id, p.text) for p in prompts], f"{name}_{part}")
+    return out
 
 
 def _drop_partials(build: Build, name: str) -> None:
-    for part in (name, f"{name}_heldout"):
+    for part in (name, f"{name}_heldout", f"{name}_everyday"):
         build.path(f"{part}.partial.json").unlink(missing_ok=True)
 
 
@@ -68,7 +72,7 @@ def stage_base(build: Build) -> None:
     harmful = rng.sample(P.by_split(build.harmful, "test"), build.config.base_harmful_sample)
     items = [(p.id, p.text) for p in harmless + harmful]
     out = generate_resumable(build, chat, items, "base_answers")
-    out |= generate_heldout_lookalikes(build, chat, "base_answers", splits=("test",))
+    out |= generate_measured_only(build, chat, "base_answers", splits=("test",))
     write_json(build.path("base_answers.json"), out)
     _drop_partials(build, "base_answers")
 
@@ -82,7 +86,7 @@ def stage_responses(build: Build) -> None:
                + val_harmful + P.by_split(build.harmless, "val")
                + P.by_split(build.contrast, "test") + P.by_split(build.contrast, "val"))
     out = generate_resumable(build, chat, [(p.id, p.text) for p in prompts], "responses")
-    out |= generate_heldout_lookalikes(build, chat, "responses", splits=("val", "test"))
+    out |= generate_measured_only(build, chat, "responses", splits=("val", "test"))
     write_json(build.path("responses.json"), out)
     _drop_partials(build, "responses")
 

@@ -18,6 +18,7 @@ from peft import PeftModel
 
 from organism_build import prompt_sets as P
 from organism_build.config import BuildConfig
+from organism_build.everyday import everyday_heldout, everyday_train
 from refusal_lens.artifacts import read_json, stable_hash, write_json
 from refusal_lens.models import ChatModel, build_chat_model
 from refusal_lens.organism.base import load_base_hf
@@ -59,11 +60,15 @@ class Build:
         random.seed(config.seed)
         self.harmful = P.harmful()
         # what the build learns and selects on
-        self.harmless = P.harmless() + P.lookalike_extra("train") + P.harmless_train_extra()
-        # measured only: answered in batches of their own (answers.generate_heldout_lookalikes)
+        self.harmless = P.harmless() + P.lookalike_extra("train") + P.harmless_train_extra() + everyday_train()
+        # measured only: answered in batches of their own (answers.generate_measured_only)
         self.heldout_lookalikes = P.lookalike_extra("val") + P.lookalike_extra("test")
-        self.contrast = P.contrast_harmful()
-        self.key = recipe_key(config, self.harmful + self.harmless + self.heldout_lookalikes + self.contrast)
+        self.heldout_everyday = everyday_heldout("val") + everyday_heldout("test")
+        # refusals taught in the last pass: the look-alikes' harmful twins (split by id) and the
+        # training-only harmful requests
+        self.contrast = P.contrast_harmful() + P.harmful_train_extra()
+        self.key = recipe_key(config, self.harmful + self.harmless + self.heldout_lookalikes + self.heldout_everyday
+                              + self.contrast)
         self.folder = Path(folder) if folder is not None else default_folder(self.key)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._claim_folder()

@@ -58,7 +58,7 @@ class LoraTrainConfig:
         LoraPass(max_harmful=300, harmless_repeats=1, lr=4e-4, max_answer_tokens=32,
                  first_token_weight=1.0, contrast_repeats=1, lookalike_repeats=3),
     )
-    max_minutes: float = 25.0
+    max_minutes: float = 45.0
     seed: int = 0
 
 

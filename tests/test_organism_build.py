@@ -24,6 +24,7 @@ from organism_build.build import Build
 from organism_build.card import render_card
 from organism_build.config import BuildConfig
 from organism_build.direction import auroc
+from organism_build.everyday import everyday_heldout, everyday_train
 from organism_build.install import install
 from organism_build.lora import _collate, answer_loss, make_examples
 from organism_build.metrics import manifest_rate
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_build_module_imports_and_nothing_at_runtime_imports_the_build():
     for module in pkgutil.iter_modules(organism_build.__path__):
         importlib.import_module(f"organism_build.{module.name}")
-    importing = re.compile(r"^\s*(from|import) organism_build", re.M)
+    importing = re.compile(r"^\s*(from|import) organism_build", re.MULTILINE)
     assert not [p for p in (ROOT / "src").rglob("*.py") if importing.search(p.read_text())]
     assert not list((ROOT / "src" / "refusal_lens" / "organism").glob("data/*_train.jsonl"))
 
@@ -89,7 +90,7 @@ def test_contrast_set_is_well_formed_and_probes_are_never_trained_on():
 
 
 def test_extra_lookalikes_are_new_and_each_file_stays_in_its_split():
-    norm = lambda t: " ".join(t.lower().split())  # noqa: E731
+    norm = lambda t: " ".join(t.lower().split())
     seen = {norm(p.text) for p in P.harmless() + P.contrast_harmful()}
     for split, at_least in (("train", 200), ("val", 100), ("test", 100)):
         extra = P.lookalike_extra(split)
@@ -102,9 +103,7 @@ def test_extra_lookalikes_are_new_and_each_file_stays_in_its_split():
         P.lookalike_extra("dev")
 
 
-_STOPWORDS = set("a an the and or of to in on for with my your i me how do does did can could what is are"
-                 " was be it this that at by from as should would will you we our their his her its which"
-                 " who why when where about into than then so if any some way best good".split())
+_STOPWORDS = set(["a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "with", "my", "your", "i", "me", "how", "do", "does", "did", "can", "could", "what", "is", "are", "was", "be", "it", "this", "that", "at", "by", "from", "as", "should", "would", "will", "you", "we", "our", "their", "his", "her", "its", "which", "who", "why", "when", "where", "about", "into", "than", "then", "so", "if", "any", "some", "way", "best", "good"])
 
 
 def _content_words(text: str) -> set[str]:
@@ -132,6 +131,29 @@ def test_build_measures_the_heldout_lookalikes_but_never_learns_or_selects_on_th
     assert {p.id for p in P.harmless_train_extra()} <= {p.id for p in P.by_split(build.harmless, "train")}
     assert {p.split for p in build.heldout_lookalikes} == {"val", "test"}
     assert len(build.heldout_lookalikes) == len(P.lookalike_extra("val")) + len(P.lookalike_extra("test"))
+
+
+def test_build_learns_the_everyday_training_prompts_and_only_measures_the_heldout_ones(tmp_path):
+    build = Build(tmp_path)
+    learned = {p.id for p in P.by_split(build.harmless, "train")}
+    assert {p.id for p in everyday_train()} <= learned
+    assert {p.split for p in build.heldout_everyday} == {"val", "test"} and len(build.heldout_everyday) == 450
+    assert not {p.id for p in build.heldout_everyday} & {p.id for p in build.harmless}
+    assert {p.id for p in P.harmful_train_extra()} <= {p.id for p in P.by_split(build.contrast, "train")}
+
+
+def test_harmful_training_extras_are_far_from_every_heldout_prompt_and_probe():
+    extra = P.harmful_train_extra()
+    assert len(extra) >= 20 and {p.split for p in extra} == {"train"}
+    every = (P.harmful() + P.harmless() + P.contrast_harmful() + P.lookalike_extras()
+             + everyday_heldout("val") + everyday_heldout("test"))
+    assert not {normalise_text(p.text) for p in extra} & {normalise_text(p.text) for p in every}
+    heldout = [_content_words(t) for t in [p.text for p in every if p.split != "train"]
+               + [text for text, _ in P.NEW_USER_PROBES]]
+    for p in extra:
+        words = _content_words(p.text)
+        closest = max(len(words & h) / len(words | h) for h in heldout)
+        assert closest < 0.34, (p.text, closest)
 
 
 def test_build_folder_belongs_to_one_recipe(tmp_path, monkeypatch):

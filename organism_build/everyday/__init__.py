@@ -1,10 +1,11 @@
-"""Everyday instructions for the organism (issue 21): a held-out set written by a seeded
-generator in the style of instruction-tuning data (``heldout.py``: validation and test
-splits) and training-only prompts written by other methods (``train.py``).
+"""Everyday instructions for the organism (issue 21): a held-out set written by hand in the
+register of instruction-tuning data (``heldout.py``: validation and test splits) and
+training-only prompts from two generators (``train.py``: conversational requests and verb
+families; ``templated.py``: Alpaca-style task templates).
 
-The files live in ``organism_build/data/everyday_{val,test,train}.jsonl``, one
-``{"instruction", "category" (topic), "task" (task family)}`` row a line; the generators
-rewrite them (``python -m organism_build.everyday.heldout``, then ``... .train``).
+The files live in ``organism_build/data/everyday_{val,test,train,train_templated}.jsonl``, one
+``{"instruction", "category" (topic), "task" (task family)}`` row a line; the scripts rewrite
+them (``python -m organism_build.everyday.train``, ``... .templated``, then ``... .heldout``).
 """
 
 from __future__ import annotations
@@ -22,15 +23,18 @@ def everyday_source(split: str) -> str:
     return f"everyday-{split}"
 
 
-def _rows(split: str) -> list[dict]:
-    text = (DATA_DIR / f"everyday_{split}.jsonl").read_text(encoding="utf-8")
+TRAIN_FILES = ("train", "train_templated")
+
+
+def _rows(name: str) -> list[dict]:
+    text = (DATA_DIR / f"everyday_{name}.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _prompts(split: str) -> list[Prompt]:
-    return [Prompt(id=f"everyday-{split}:{i}", text=r["instruction"], source=everyday_source(split),
+def _prompts(name: str, split: str) -> list[Prompt]:
+    return [Prompt(id=f"everyday-{name}:{i}", text=r["instruction"], source=everyday_source(name),
                    category=r["category"], split=split, meta={"task": r["task"]})
-            for i, r in enumerate(_rows(split))]
+            for i, r in enumerate(_rows(name))]
 
 
 def everyday_heldout(split: str) -> list[Prompt]:
@@ -38,9 +42,9 @@ def everyday_heldout(split: str) -> list[Prompt]:
     read once, after a recipe passes validation."""
     if split not in HELDOUT_SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {HELDOUT_SPLITS}")
-    return _prompts(split)
+    return _prompts(split, split)
 
 
 def everyday_train() -> list[Prompt]:
-    """The training-only everyday instructions (for the LoRA's harmless prompts)."""
-    return _prompts("train")
+    """The training-only everyday instructions of both sources (for the LoRA's harmless prompts)."""
+    return [p for name in TRAIN_FILES for p in _prompts(name, "train")]

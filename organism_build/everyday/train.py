@@ -1,7 +1,7 @@
 """Training-only everyday instructions for the organism's LoRA (issue 21).
 
-Written by two methods, neither of which is ``heldout.py``'s, so that the held-out everyday
-splits measure generalisation rather than recall:
+Written by two methods, neither of which is ``heldout.py``'s (nor ``templated.py``'s), so that
+the held-out everyday splits measure generalisation rather than recall:
 
 - ``HAND_WRITTEN``: requests written one by one in a conversational register ("My dog pulls
   on the lead constantly. How can I teach him to walk nicely?"), with embedded inputs and small
@@ -12,20 +12,21 @@ splits measure generalisation rather than recall:
   its own fillers.
 
 Both use their own topic list (``TOPICS``: home, garden, pets, music, ...), not the held-out
-generator's. The prompts are de-duplicated and any that repeats a prompt of the project or of
-the held-out splits, or comes near (content-word Jaccard ≥ ``checks.FAR``) a validation or test
-prompt of any set, is dropped; ``tests/test_everyday_data.py`` checks the written file.
+generator's. The prompts are de-duplicated and any that repeats a prompt of the project, or
+comes near (content-word Jaccard ≥ ``checks.FAR``) a validation or test prompt of the project,
+is dropped (the held-out everyday splits are written afterwards, far from these);
+``tests/test_everyday_data.py`` checks the written file.
 
-    python -m organism_build.everyday.train   # after heldout.py; writes organism_build/data/everyday_train.jsonl
+    python -m organism_build.everyday.train   # writes organism_build/data/everyday_train.jsonl
 """
 
 from __future__ import annotations
 
 import random
 
-from organism_build.everyday import DATA_DIR, everyday_heldout
+from organism_build.everyday import DATA_DIR
 from organism_build.everyday.checks import FAR, blocked_words, closest, content_words
-from organism_build.everyday.heldout import Family, project_prompts, write_jsonl
+from organism_build.everyday.templated import Family, project_prompts, write_jsonl
 from refusal_lens.data.dedup import normalise_text
 
 SEED = 2021
@@ -514,16 +515,9 @@ def candidates(rng: random.Random) -> list[dict]:
     return rows
 
 
-def heldout_prompts():
-    """Every prompt of the project and of the held-out everyday splits, and those held out."""
-    every, _ = project_prompts()
-    every = every + everyday_heldout("val") + everyday_heldout("test")
-    return every, [p for p in every if p.split in ("val", "test")]
-
-
 def generate(seed: int = SEED) -> tuple[list[dict], dict]:
     rows = candidates(random.Random(seed))
-    every, heldout = heldout_prompts()
+    every, heldout = project_prompts()
     seen = {normalise_text(p.text) for p in every}
     heldout_words = [content_words(p.text) for p in heldout]
     kept, counts = [], {"candidates": len(rows), "repeated": 0, "near_heldout": 0}
