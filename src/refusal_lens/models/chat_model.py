@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
-from refusal_lens.models.families import ModelFamily, detect_family, pinned_strftime
+from refusal_lens.models.families import ModelFamily, detect_family, pin_template_date
 
 _INSTRUCTION_MARKER = "\x00INSTRUCTION\x00"
 _PROBE_INSTRUCTION = "Hello there"  # a plain instruction, to see how the template's tokens fall in context
@@ -130,7 +130,7 @@ class ChatModel:
     def _first_token_in_context(self, text: str) -> int:
         """The first token of ``text`` written right after a prompt, as the model would
         produce it (``I`` after a newline is not ``▁I`` in a SentencePiece vocabulary)."""
-        prompt = self.format_prompts([_PROBE_INSTRUCTION])[0]
+        prompt = "".join(self._probe_prompt)
         before, after = self._encode(prompt), self._encode(prompt + text)
         if len(after) > len(before) and after[:len(before)] == before:
             return after[len(before)]
@@ -171,41 +171,65 @@ class ChatModel:
 
     def format_prompts(self, instructions: Sequence[str]) -> list[str]:
         """Each instruction as one user turn, with the generation prompt (and, thinking off,
-        whatever skips the thinking), as text."""
-        kwargs, prefill = {"strftime_now": pinned_strftime, **self.family.template_kwargs}, ""
+        whatever skips the thinking), as text. A template that writes today's date gets
+        :data:`~refusal_lens.models.families.PINNED_DATE`."""
+        template, kwargs = pin_template_date(self._template)
+        kwargs.update(self.family.template_kwargs)
+        prefill = ""
         if self.family.thinking is not None:
             switch = self.family.thinking
             kwargs.update(switch.on_kwargs if self.thinking else switch.off_kwargs)
             prefill = "" if self.thinking else switch.off_prefill
         return [
             self.tokenizer.apply_chat_template(
-                self._messages(text), tokenize=False, add_generation_prompt=True, **kwargs) + prefill
+                self._messages(text), chat_template=template, tokenize=False, add_generation_prompt=True,
+                **kwargs) + prefill
             for text in instructions
         ]
 
+    @property
+    def _template(self) -> str:
+        template = self.tokenizer.chat_template
+        if isinstance(template, dict):  # named templates: transformers uses "default"
+            template = template.get("default") or next(iter(template.values()))
+        return template
+
     @cached_property
+    def _template_parts(self) -> tuple[str, str]:
+        """The prompt's text before and after the instruction."""
+        before, after = self.format_prompts([_INSTRUCTION_MARKER])[0].split(_INSTRUCTION_MARKER)
+        return before, after
+
+    @property
+    def _probe_prompt(self) -> tuple[str, str, str]:
+        """A prompt around a plain instruction, to see how the template's tokens fall in context."""
+        before, after = self._template_parts
+        return before, _PROBE_INSTRUCTION, after
+
+    @property
     def post_instruction_text(self) -> str:
-        """The template text after the user's instruction (e.g. ``<end_of_turn>\\n<start_of_turn>model\\n``)."""
-        formatted = self.format_prompts([_INSTRUCTION_MARKER])[0]
-        return formatted.split(_INSTRUCTION_MARKER)[-1]
+        """The template text after the user's instruction (e.g. ``<end_of_turn>\n<start_of_turn>model\n``)."""
+        return self._template_parts[1]
 
     @cached_property
     def n_post_instruction_tokens(self) -> int:
-        """Tokens after the instruction, counted in context (Mistral's " [/INST]" alone
-        would gain a leading "▁")."""
-        formatted = self.format_prompts([_PROBE_INSTRUCTION])[0]
-        head = formatted[:formatted.rindex(_PROBE_INSTRUCTION) + len(_PROBE_INSTRUCTION)]
-        whole, before = self._encode(formatted), self._encode(head)
-        if whole[:len(before)] == before:
-            return len(whole) - len(before)
-        return len(self.tokenizer.encode(self.post_instruction_text, add_special_tokens=False))
+        """Tokens after the instruction, counted in context (a SentencePiece vocabulary may
+        write the template text alone with a different first token)."""
+        before, instruction, after = self._probe_prompt
+        head, whole = self._encode(before + instruction), self._encode(before + instruction + after)
+        if whole[:len(head)] == head:
+            return len(whole) - len(head)
+        return len(self.tokenizer.encode(after, add_special_tokens=False))
 
     @cached_property
     def n_pre_instruction_tokens(self) -> int:
         """Tokens the template puts before the user's instruction: BOS, any system header
-        (Llama-3.1's date lines), the user-turn header."""
-        formatted = self.format_prompts([_INSTRUCTION_MARKER])[0]
-        return len(self._encode(formatted.split(_INSTRUCTION_MARKER)[0]))
+        (Llama-3.1's date lines), the user-turn header. Counted in context: the tokens the
+        header alone and the whole prompt share (Mistral's "[INST] " ends in a "▁" that the
+        instruction's first token absorbs)."""
+        before, instruction, after = self._probe_prompt
+        head, whole = self._encode(before), self._encode(before + instruction + after)
+        return next((i for i, (a, b) in enumerate(zip(head, whole)) if a != b), min(len(head), len(whole)))
 
     def _encode(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text, add_special_tokens=False)

@@ -8,6 +8,7 @@ adapter holds only what the model's files do not say.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -17,9 +18,18 @@ PINNED_DATE = "26 Jul 2024"
 _PINNED = date(2024, 7, 26)
 
 
-def pinned_strftime(format: str) -> str:
-    """The ``strftime_now`` of a chat template, at :data:`PINNED_DATE` (transformers' own reads the clock)."""
-    return _PINNED.strftime(format)
+_STRFTIME_CALL = re.compile(r"""strftime_now\(\s*(["'])(.*?)\1\s*\)""")
+
+
+def pin_template_date(template: str) -> tuple[str, dict]:
+    """``template`` with its ``strftime_now("FORMAT")`` calls answering :data:`PINNED_DATE`
+    (transformers' ``strftime_now`` reads the clock, and lets no function in as a template
+    variable), and the template variables that go with it."""
+    formats = {match.group(2) for match in _STRFTIME_CALL.finditer(template)}
+    if not formats:
+        return template, {}
+    pinned = "{% macro strftime_now(format) %}{{ pinned_dates[format] }}{% endmacro %}"
+    return pinned + template, {"pinned_dates": {f: _PINNED.strftime(f) for f in sorted(formats)}}
 
 
 @dataclass(frozen=True)
