@@ -34,7 +34,9 @@ class ModelConfig(StrictModel):
         "auto", description="auto: float32 on CPU, bfloat16 on GPU")
     device: str | None = Field(None, description="cpu, cuda, cuda:1 ...; default: cuda when present")
     device_map: str | None = Field(None, description="e.g. 'auto' to spread the model over GPUs")
-    refusal_tokens: list[str] | None = Field(None, description="default: the family's (\"I\")")
+    refusal_tokens: list[str] | None = Field(
+        None, description="texts a refusal starts with, each read as its first token right after the prompt; "
+                          "default: the family's (\"I\"; Mistral \" I\")")
     chat_template: str | None = Field(None, description="a Jinja template or a file holding one")
     system_prompt: str | None = Field(None, description="a system prompt put before every instruction")
     family: str | None = Field(None, description="the chat family (gemma2, gemma3, llama3, qwen2.5, qwen3, mistral, "
