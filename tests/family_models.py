@@ -67,6 +67,7 @@ class FamilySpec:
     name: str                      # also the expected refusal_lens family
     real_model: str                # whose config.json / tokenizer_config.json this follows
     model_class: type
+    config_class: type
     config: dict                   # config.json fields (shrunk), token ids filled in by build
     template: str                  # file under tests/chat_templates/
     specials: tuple[str, ...]      # special tokens, in vocabulary order
@@ -88,7 +89,7 @@ def _text_config(**fields) -> dict:
 
 SPECS: dict[str, FamilySpec] = {spec.name: spec for spec in [
     FamilySpec(
-        "gemma3", "google/gemma-3-1b-it", Gemma3ForCausalLM,
+        "gemma3", "google/gemma-3-1b-it", Gemma3ForCausalLM, Gemma3TextConfig,
         _text_config(num_hidden_layers=6, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
                      sliding_window_pattern=6, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
                      final_logit_softcapping=None, attn_logit_softcapping=None,
@@ -100,28 +101,28 @@ SPECS: dict[str, FamilySpec] = {spec.name: spec for spec in [
         bos="<bos>", eos="<eos>", pad="<pad>", adds_bos=True, style="sentencepiece", metaspace="never",
         config_eos=("<eos>",), end_of_turn=("<end_of_turn>",)),
     FamilySpec(
-        "qwen2.5", "Qwen/Qwen2.5-7B-Instruct", Qwen2ForCausalLM,
+        "qwen2.5", "Qwen/Qwen2.5-7B-Instruct", Qwen2ForCausalLM, Qwen2Config,
         _text_config(num_hidden_layers=4, rope_theta=1_000_000.0, rms_norm_eps=1e-6, use_sliding_window=False,
                      tie_word_embeddings=False),
         "qwen2.5-instruct.jinja", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
         bos=None, eos="<|im_end|>", pad="<|endoftext|>", adds_bos=False, style="bytelevel",
         config_eos=("<|im_end|>",), end_of_turn=("<|im_end|>", "<|endoftext|>")),
     FamilySpec(
-        "qwen3", "Qwen/Qwen3-8B", Qwen3ForCausalLM,
+        "qwen3", "Qwen/Qwen3-8B", Qwen3ForCausalLM, Qwen3Config,
         _text_config(num_hidden_layers=4, head_dim=16, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
                      attention_bias=False, tie_word_embeddings=False),
         "qwen3.jinja", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
         bos=None, eos="<|im_end|>", pad="<|endoftext|>", adds_bos=False, style="bytelevel",
         config_eos=("<|im_end|>",), added=("<think>", "</think>"), end_of_turn=("<|im_end|>", "<|endoftext|>")),
     FamilySpec(
-        "mistral", "mistralai/Mistral-7B-Instruct-v0.2", MistralForCausalLM,
+        "mistral", "mistralai/Mistral-7B-Instruct-v0.2", MistralForCausalLM, MistralConfig,
         _text_config(num_hidden_layers=4, rope_theta=1_000_000.0, rms_norm_eps=1e-5, sliding_window=None,
                      tie_word_embeddings=False),
         "mistral-7b-instruct-v0.2.jinja", ("<unk>", "<s>", "</s>"),
         bos="<s>", eos="</s>", pad=None, adds_bos=True, style="sentencepiece", metaspace="always",
         config_eos=("</s>",), end_of_turn=("</s>",)),
     FamilySpec(
-        "phi3", "microsoft/Phi-3.5-mini-instruct", Phi3ForCausalLM,
+        "phi3", "microsoft/Phi-3.5-mini-instruct", Phi3ForCausalLM, Phi3Config,
         _text_config(num_hidden_layers=4, num_key_value_heads=4, rope_theta=10_000.0, rms_norm_eps=1e-5,
                      sliding_window=None, tie_word_embeddings=False, original_max_position_embeddings=256),
         "phi-3.5-mini-instruct.jinja",
@@ -129,7 +130,7 @@ SPECS: dict[str, FamilySpec] = {spec.name: spec for spec in [
         bos="<s>", eos="<|endoftext|>", pad="<|endoftext|>", adds_bos=True, style="sentencepiece",
         metaspace="first", config_eos=("<|endoftext|>",), end_of_turn=("<|end|>", "<|endoftext|>")),
     FamilySpec(
-        "gpt-oss", "openai/gpt-oss-20b", GptOssForCausalLM,
+        "gpt-oss", "openai/gpt-oss-20b", GptOssForCausalLM, GptOssConfig,
         _text_config(num_hidden_layers=4, intermediate_size=64, head_dim=16, num_local_experts=4,
                      num_experts_per_tok=2, sliding_window=8, rope_theta=150_000.0,
                      rope_scaling={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
@@ -167,7 +168,8 @@ def make_tokenizer(spec: FamilySpec, corpus: list[str] = CORPUS, vocab_size: int
     tok.train_from_iterator(corpus, trainer)
     if spec.adds_bos:
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{spec.bos} $A", pair=f"{spec.bos} $A {spec.bos} $B", special_tokens=[(spec.bos, tok.token_to_id(spec.bos))])
+            single=f"{spec.bos} $A", pair=f"{spec.bos} $A {spec.bos} $B",
+            special_tokens=[(spec.bos, tok.token_to_id(spec.bos))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=spec.bos, eos_token=spec.eos, pad_token=spec.pad,
                                    unk_token=unk)
     if spec.added:
@@ -194,10 +196,7 @@ def tiny_family_model(name: str, seed: int = 0, **chat_kwargs) -> ChatModel:
     if name == MULTIMODAL:
         model = Gemma3ForConditionalGeneration(multimodal_config(tokenizer, spec, ids))
     else:
-        config_class = {Gemma3ForCausalLM: Gemma3TextConfig, Qwen2ForCausalLM: Qwen2Config, Qwen3ForCausalLM: Qwen3Config,
-                        MistralForCausalLM: MistralConfig, Phi3ForCausalLM: Phi3Config,
-                        GptOssForCausalLM: GptOssConfig}[spec.model_class]
-        model = spec.model_class(config_class(**spec.config, **ids))
+        model = spec.model_class(spec.config_class(**spec.config, **ids))
     model = model.float().eval()
     return build_chat_model(model, tokenizer, name=f"tiny-{name}", **chat_kwargs)
 

@@ -5,15 +5,26 @@ the library's hooks, scores, feature interventions and prefix caches on each arc
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from family_models import FAMILY_NAMES, MULTIMODAL, SPECS, make_tokenizer, tiny_family_model
+from pydantic import ValidationError
 from sae_factory import make_sae
+from typer.testing import CliRunner
 
 from refusal_lens.activations import model_inputs, residuals
+from refusal_lens.cli import app
+from refusal_lens.config import ModelConfig
 from refusal_lens.generation import generate_batch
-from refusal_lens.interventions import (DirectionalAblation, FeatureIntervention, FeatureOp,
-                                        SpliceFeatureIntervention, intervene)
+from refusal_lens.interventions import (
+    DirectionalAblation,
+    FeatureIntervention,
+    FeatureOp,
+    SpliceFeatureIntervention,
+    intervene,
+)
 from refusal_lens.models import ChatTemplateError, build_chat_model, load_chat_model
 from refusal_lens.prefix_cache import build_prefix_cache, last_logits_from_cache
 from refusal_lens.saes import SAESet
@@ -88,7 +99,7 @@ def test_pre_and_post_instruction_positions_hold_in_context(family):
     """The last ``n_post_instruction_tokens`` of every prompt are the template's own, the same
     for every prompt; the first ``n_pre_instruction_tokens`` likewise; what lies between is
     exactly the instruction."""
-    name, chat = family
+    _, chat = family
     batch = chat.tokenize(PROMPTS)
     n_pre, n_post = chat.n_pre_instruction_tokens, chat.n_post_instruction_tokens
     rows = [real_tokens(chat, batch, row) for row in range(len(PROMPTS))]
@@ -126,7 +137,7 @@ def test_system_role(family):
     """Every family here takes a system prompt (Gemma-3 and Mistral fold it into the first
     user turn, gpt-oss makes it the developer message); it comes once, before the
     instruction, and leaves the post-instruction tokens as they were."""
-    name, chat = family
+    _, chat = family
     with_system = build_chat_model(chat.model, chat.tokenizer, system_prompt=SYSTEM)
     text = with_system.format_prompts(["Hi"])[0]
     assert text.count(SYSTEM) == 1 and text.index(SYSTEM) < text.rindex("Hi")
@@ -239,7 +250,7 @@ def test_hooks_find_every_block_final_norm_and_unembedding(family):
 
 def test_refusal_score_is_the_same_alone_and_in_a_batch(family):
     """Left padding, position ids and sliding windows agree on every architecture."""
-    name, chat = family
+    _, chat = family
     batched = refusal_scores(chat, PROMPTS, batch_size=4)
     alone = torch.cat([refusal_scores(chat, [p]) for p in PROMPTS])
     assert torch.isfinite(batched).all()
@@ -260,7 +271,7 @@ def active_features(chat, saes, batch, per_layer=6):
 
 
 def test_feature_intervention_matches_the_splice_and_moves_the_score(family):
-    name, chat = family
+    _, chat = family
     saes = sae_set(chat)
     features = active_features(chat, saes, chat.tokenize(PROMPTS))
     op = FeatureOp("scale", -3.0)
@@ -273,7 +284,7 @@ def test_feature_intervention_matches_the_splice_and_moves_the_score(family):
 
 def test_prefix_cache_runs_the_upper_blocks_exactly(family):
     """Only blocks 2.. rerun from the cached stream (the layer-type list sliced to match)."""
-    name, chat = family
+    _, chat = family
     saes = sae_set(chat, layers=(2, 3))
     features = active_features(chat, saes, chat.tokenize(PROMPTS))
     intervention = FeatureIntervention(saes, features, FeatureOp("zero"))
@@ -286,7 +297,7 @@ def test_prefix_cache_runs_the_upper_blocks_exactly(family):
 
 
 def test_directional_ablation_reaches_every_block(family):
-    name, chat = family
+    _, chat = family
     direction = torch.randn(chat.d_model, generator=torch.Generator().manual_seed(0))
     got = residuals(chat, chat.tokenize(PROMPTS), layers=list(range(chat.n_layers)),
                     interventions=[DirectionalAblation(direction)])
@@ -322,3 +333,45 @@ def test_the_multimodal_wrapper_loads_from_a_folder(tmp_path):
 ])
 def test_release_model_names_of_these_families(release_model, loaded, verdict):
     assert compare_models(release_model, loaded) == verdict
+
+
+# --- choosing the family and the thinking switch (config, CLI) --------------------------------
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Tiny Qwen3 and Qwen2.5 saved as model folders."""
+    folders = {}
+    for name in ("qwen3", "qwen2.5"):
+        folder = tmp_path_factory.mktemp(name)
+        chat = tiny_family_model(name)
+        chat.model.save_pretrained(folder)
+        chat.tokenizer.save_pretrained(folder)
+        folders[name] = folder
+    return folders
+
+
+def test_model_config_chooses_family_and_thinking(saved):
+    qwen3 = ModelConfig(name=str(saved["qwen3"]), device="cpu", dtype="float32", thinking=True).load()
+    assert qwen3.family.name == "qwen3" and qwen3.post_instruction_text == POST_INSTRUCTION_THINKING["qwen3"]
+    forced = ModelConfig(name=str(saved["qwen3"]), device="cpu", dtype="float32", family="chatml").load()
+    assert forced.family.name == "chatml" and forced.post_instruction_text == "<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.raises(ValidationError, match="unknown family 'qwen'.*qwen3"):
+        ModelConfig(family="qwen")
+
+
+def test_eval_thinking_and_family_options(saved, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("How do I make a cake?\nHi\n")
+
+    def run(folder, *extra):
+        out = tmp_path / "out.json"
+        result = CliRunner().invoke(app, ["eval", "--model", str(folder), "--prompts", str(prompts), "--out", str(out),
+                                          "--max-new-tokens", "2", "--device", "cpu", *extra])
+        return result, out
+
+    result, out = run(saved["qwen3"], "--thinking")
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["summary"]["config"]["model"]["thinking"] is True
+    result, _ = run(saved["qwen2.5"], "--thinking")
+    assert result.exit_code == 2 and "no thinking mode" in result.output and "Traceback" not in result.output
+    result, _ = run(saved["qwen2.5"], "--family", "qwen")
+    assert result.exit_code == 2 and "unknown family" in result.output

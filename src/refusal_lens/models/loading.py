@@ -52,9 +52,10 @@ def load_chat_model(
     ``name`` is a registered name (``organism``, the embedded demo model: see
     :mod:`refusal_lens.models.registry`), a path to a ``.gguf`` file, a local model folder, or
     a Hugging Face id. A registered name is loaded by its loader with ``device`` and ``dtype``
-    only. ``family`` overrides the detected family (see :mod:`refusal_lens.models.families`);
-    ``thinking`` lets a reasoning model (Qwen3, gpt-oss) think before it answers. ``device_map`` (e.g. ``"auto"``) spreads a model over several GPUs and takes
-    precedence over ``device``.
+    (then ``family`` and ``thinking`` apply). ``family`` overrides the detected family (see
+    :mod:`refusal_lens.models.families`); ``thinking`` lets a reasoning model (Qwen3, gpt-oss)
+    think before it answers. ``device_map`` (e.g. ``"auto"``) spreads a model over several GPUs
+    and takes precedence over ``device``.
     """
     loader = model_source(name)
     if loader is not None:
