@@ -208,7 +208,7 @@ class ChatModel:
 
     @property
     def post_instruction_text(self) -> str:
-        """The template text after the user's instruction (e.g. ``<end_of_turn>\n<start_of_turn>model\n``)."""
+        """The template text after the user's instruction (e.g. ``<end_of_turn>\\n<start_of_turn>model\\n``)."""
         return self._template_parts[1]
 
     @cached_property
