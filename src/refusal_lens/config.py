@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from refusal_lens.artifacts import stable_hash
-from refusal_lens.models import load_chat_model
+from refusal_lens.models import FAMILIES, load_chat_model
 from refusal_lens.saes import check_sae_spec, load_sae_set
 
 
@@ -34,14 +34,28 @@ class ModelConfig(StrictModel):
         "auto", description="auto: float32 on CPU, bfloat16 on GPU")
     device: str | None = Field(None, description="cpu, cuda, cuda:1 ...; default: cuda when present")
     device_map: str | None = Field(None, description="e.g. 'auto' to spread the model over GPUs")
-    refusal_tokens: list[str] | None = Field(None, description="default: the family's (\"I\")")
+    refusal_tokens: list[str] | None = Field(
+        None, description="texts a refusal starts with, each read as its first token right after the prompt; "
+                          "default: the family's (\"I\"; Mistral \" I\")")
     chat_template: str | None = Field(None, description="a Jinja template or a file holding one")
     system_prompt: str | None = Field(None, description="a system prompt put before every instruction")
+    family: str | None = Field(None, description="the chat family (gemma2, gemma3, llama3, qwen2.5, qwen3, mistral, "
+                                                 "phi3, gpt-oss, chatml, generic); default: detected")
+    thinking: bool = Field(False, description="let a reasoning model (Qwen3, gpt-oss) think before it answers; "
+                                              "off: the prompt ends where the answer starts")
 
     def load(self):
         return load_chat_model(self.name, dtype=self.dtype, device=self.device, device_map=self.device_map,
-                               refusal_tokens=self.refusal_tokens, chat_template=self.chat_template,
-                               system_prompt=self.system_prompt)
+                               family=self.family, refusal_tokens=self.refusal_tokens,
+                               chat_template=self.chat_template, system_prompt=self.system_prompt,
+                               thinking=self.thinking)
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value):
+        if value is not None and value not in FAMILIES:
+            raise ValueError(f"unknown family {value!r}; known: {', '.join(FAMILIES)}")
+        return value
 
 
 class SAEConfig(StrictModel):

@@ -63,15 +63,10 @@ def build_prefix_cache(chat_model: ChatModel, instructions: Sequence[str], start
     return build_prefix_caches(chat_model, instructions, [start])[start]
 
 
-def _inner_model(chat_model: ChatModel) -> nn.Module:
-    base = chat_model.model.get_base_model() if hasattr(chat_model.model, "get_base_model") else chat_model.model
-    return base.model
-
-
 @contextmanager
 def upper_layers_only(chat_model: ChatModel, start: int) -> Iterator[None]:
     """Make the model run blocks ``start..`` only, with per-layer config lists sliced to match."""
-    inner = _inner_model(chat_model)
+    inner = chat_model.decoder
     config = inner.config
     saved_layers, saved_count = inner.layers, config.num_hidden_layers
     saved_types = getattr(config, "layer_types", None)
@@ -91,8 +86,8 @@ def upper_layers_only(chat_model: ChatModel, start: int) -> Iterator[None]:
 def _embedding_scale(chat_model: ChatModel) -> float:
     """transformers < 5 scaled Gemma's ``inputs_embeds`` inside the model's forward."""
     embed = chat_model.model.get_input_embeddings()
-    if chat_model.model.config.model_type.startswith("gemma") and not hasattr(embed, "embed_scale"):
-        return chat_model.model.config.hidden_size ** 0.5
+    if chat_model.text_config.model_type.startswith("gemma") and not hasattr(embed, "embed_scale"):
+        return chat_model.d_model ** 0.5
     return 1.0
 
 

@@ -29,6 +29,9 @@ DtypeOpt = Annotated[Optional[str], typer.Option(
     help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16 (default: auto).")]
 DeviceMapOpt = Annotated[Optional[str], typer.Option(
     "--device-map", help="e.g. 'auto' to spread the model over all visible GPUs.")]
+ThinkingOpt = Annotated[Optional[bool], typer.Option(
+    "--thinking/--no-thinking", help="Let a reasoning model (Qwen3, gpt-oss) think before it answers "
+                                     "(default: off, or a run config's model.thinking).")]
 PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", help="A .txt/.json/.jsonl/.csv/.parquet file of prompts.")]
 DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="A registered data set (see `refusal-lens datasets list`).")]
 ColumnOpt = Annotated[Optional[str], typer.Option("--column", help="The column holding the prompt (csv/parquet/json objects).")]

@@ -18,6 +18,7 @@ from refusal_lens.cli.common import (
     ModelOpt,
     PromptsOpt,
     SplitOpt,
+    ThinkingOpt,
     check_output,
     console,
     friendly_errors,
@@ -55,6 +56,10 @@ def eval_command(
         help="Comma-separated tokens whose probability is P(refusal) (default: the family's, \"I\").")] = None,
     chat_template: Annotated[str | None, typer.Option(help="A Jinja chat template, or a file holding one.")] = None,
     system_prompt: Annotated[str | None, typer.Option(help="A system turn before each prompt.")] = None,
+    thinking: ThinkingOpt = None,
+    family: Annotated[str | None, typer.Option(
+        help="The chat family, when detection gets it wrong: gemma2, gemma3, llama3, qwen2.5, qwen3, mistral, "
+             "phi3, gpt-oss, chatml, generic.")] = None,
     capability: Annotated[str | None, typer.Option(
         help="Also measure the intervention's capability cost: cross-entropy of the unmodified model's own "
              "greedy answers to these harmless prompts (a registered set or a file; its test split when it "
@@ -78,7 +83,8 @@ def eval_command(
     spec = read_intervention_spec(intervention)
     model_config = ModelConfig(name=model or "organism", dtype=dtype or "auto", device=device,
                                device_map=device_map, refusal_tokens=refusal_tokens.split(",") if refusal_tokens else None,
-                               chat_template=chat_template, system_prompt=system_prompt)
+                               chat_template=chat_template, system_prompt=system_prompt, thinking=bool(thinking),
+                               family=family)
     console.print(f"Loading [bold]{model_config.name}[/] ...")
     chat_model = model_config.load()
     interventions = build_interventions(spec, chat_model)

@@ -17,6 +17,7 @@ from refusal_lens.cli.common import (
     DtypeOpt,
     ModelOpt,
     SaesOpt,
+    ThinkingOpt,
     check_output,
     console,
     friendly_errors,
@@ -46,8 +47,9 @@ def register(app: typer.Typer) -> None:
                 _stage_command(row.name))
 
 
-def _overrides(model, saes, device, dtype, device_map, seed, n_search, n_eval, top_k, tau) -> dict:
-    return {"model": {"name": model, "device": device, "dtype": dtype, "device_map": device_map},
+def _overrides(model, saes, device, dtype, device_map, seed, n_search, n_eval, top_k, tau, thinking=None) -> dict:
+    return {"model": {"name": model, "device": device, "dtype": dtype, "device_map": device_map,
+                      "thinking": thinking},
             "saes": {"source": saes}, "seed": seed,
             "data": {"n_search": n_search, "n_eval": n_eval}, "candidates": {"top_k": top_k},
             "search": {"tau": tau}}
@@ -74,9 +76,10 @@ def _run(config, out: Path, until: str = "evaluation") -> dict[str, BaseModel]:
 def run_command(out: OutOpt = Path("runs/latest"), config: ConfigOpt = None, model: ModelOpt = None,
                 saes: SaesOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None,
                 device_map: DeviceMapOpt = None, seed: SeedOpt = None, n_search: NSearchOpt = None,
-                n_eval: NEvalOpt = None, top_k: TopKOpt = None, tau: TauOpt = None, judge: JudgeOpt = None) -> None:
+                n_eval: NEvalOpt = None, top_k: TopKOpt = None, tau: TauOpt = None, judge: JudgeOpt = None,
+                thinking: ThinkingOpt = None) -> None:
     """The whole refusal-feature search: prompts → direction → candidates → minimal sets → verification → dormant → interactions → evaluation."""
-    overrides = _overrides(model, saes, device, dtype, device_map, seed, n_search, n_eval, top_k, tau)
+    overrides = _overrides(model, saes, device, dtype, device_map, seed, n_search, n_eval, top_k, tau, thinking)
     overrides["evaluation"] = {"judge": judge}
     run_config = _load_config(config, overrides)
     print_headline(_run(run_config, out), out)
@@ -97,9 +100,9 @@ def _stage_command(stage: str):
     def command(out: OutOpt = Path("runs/latest"), config: ConfigOpt = None, model: ModelOpt = None,
                 saes: SaesOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None,
                 device_map: DeviceMapOpt = None, seed: SeedOpt = None, n_search: NSearchOpt = None,
-                top_k: TopKOpt = None, tau: TauOpt = None) -> None:
+                top_k: TopKOpt = None, tau: TauOpt = None, thinking: ThinkingOpt = None) -> None:
         run_config = _load_config(config, _overrides(model, saes, device, dtype, device_map, seed, n_search, None,
-                                                     top_k, tau))
+                                                     top_k, tau, thinking))
         results = _run(run_config, out, until=stage)
         console.print(f"{stage}: artifacts in [bold]{out / 'stages'}[/]; summary in {out / 'results.json'}")
         print_headline(results, out)

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
-from refusal_lens.models.families import ModelFamily, detect_family
+from refusal_lens.models.families import ModelFamily, detect_family, pin_template_date
 
 _INSTRUCTION_MARKER = "\x00INSTRUCTION\x00"
+_PROBE_INSTRUCTION = "Hello there"  # a plain instruction, to see how the template's tokens fall in context
 
 
 class ChatTemplateError(ValueError):
@@ -29,7 +30,9 @@ class ChatModel:
 
     ``format_prompts`` applies the chat template to one user turn with the generation
     prompt; ``tokenize`` left-pads a batch with an attention mask and keeps BOS exactly
-    once. The residual stream at layer ``L`` is the output of ``layers[L]``.
+    once. The residual stream at layer ``L`` is the output of ``layers[L]``. ``thinking``
+    (reasoning families only: Qwen3, gpt-oss) lets the model think before it answers; off
+    by default, so the prompt ends where the answer starts.
     """
 
     model: PreTrainedModel
@@ -39,6 +42,7 @@ class ChatModel:
     refusal_tokens: Sequence[str] | None = None
     extra_stop_tokens: Sequence[str] = ()
     system_prompt: str | None = None
+    thinking: bool = False
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -51,6 +55,10 @@ class ChatModel:
             raise ChatTemplateError(
                 f"{self.name} ({self.family.name}) has no system role; drop the system prompt "
                 "or put its text in the user turn.")
+        if self.thinking and self.family.thinking is None:
+            raise ChatTemplateError(
+                f"{self.name} ({self.family.name}) has no thinking mode to turn on; drop --thinking "
+                "(thinking is a switch of reasoning families such as Qwen3 and gpt-oss).")
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
@@ -58,14 +66,39 @@ class ChatModel:
 
     # --- structure ---------------------------------------------------------------------
     @cached_property
-    def layers(self) -> nn.ModuleList:
-        """The decoder blocks, whatever wraps them (peft, a ForCausalLM head)."""
+    def decoder(self) -> nn.Module:
+        """The text decoder: the module holding the blocks (``layers``) and the final norm,
+        whatever wraps it (peft, a ForCausalLM head, a multimodal model's ``language_model``)."""
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        for candidate in (getattr(base, "model", None), base):
-            layers = getattr(candidate, "layers", None)
-            if isinstance(layers, nn.ModuleList):
-                return layers
+        candidates = [getattr(base, "get_decoder", lambda: None)(), getattr(base, "model", None), base]
+        for candidate in candidates:
+            if isinstance(getattr(candidate, "layers", None), nn.ModuleList):
+                return candidate
         raise TypeError(f"Cannot find the decoder layers of {type(base).__name__}")
+
+    @cached_property
+    def layers(self) -> nn.ModuleList:
+        """The decoder blocks: the residual stream at layer ``L`` is the output of ``layers[L]``."""
+        return self.decoder.layers
+
+    @cached_property
+    def final_norm(self) -> nn.Module:
+        """The norm between the last block and the unembedding."""
+        for name in ("norm", "final_layernorm", "ln_f"):
+            module = getattr(self.decoder, name, None)
+            if isinstance(module, nn.Module):
+                return module
+        raise TypeError(f"Cannot find the final norm of {type(self.decoder).__name__}")
+
+    @property
+    def unembedding(self) -> nn.Module:
+        """The output projection to the vocabulary (``lm_head``)."""
+        return self.model.get_output_embeddings()
+
+    @property
+    def text_config(self):
+        """The decoder's config (a multimodal model's ``text_config``)."""
+        return self.model.config.get_text_config()
 
     @property
     def n_layers(self) -> int:
@@ -73,7 +106,7 @@ class ChatModel:
 
     @property
     def d_model(self) -> int:
-        return self.model.config.hidden_size
+        return self.text_config.hidden_size
 
     @property
     def device(self) -> torch.device:
@@ -85,7 +118,7 @@ class ChatModel:
 
     @property
     def context_length(self) -> int | None:
-        return getattr(self.model.config, "max_position_embeddings", None)
+        return getattr(self.text_config, "max_position_embeddings", None)
 
     def check_layer(self, layer: int) -> int:
         if not -self.n_layers <= layer < self.n_layers:
@@ -94,7 +127,13 @@ class ChatModel:
         return layer % self.n_layers
 
     # --- tokens ------------------------------------------------------------------------
-    def _single_token_id(self, text: str) -> int:
+    def _first_token_in_context(self, text: str) -> int:
+        """The first token of ``text`` written right after a prompt, as the model would
+        produce it (``I`` after a newline is not ``▁I`` in a SentencePiece vocabulary)."""
+        prompt = "".join(self._probe_prompt)
+        before, after = self._encode(prompt), self._encode(prompt + text)
+        if len(after) > len(before) and after[:len(before)] == before:
+            return after[len(before)]
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if not ids:
             raise ValueError(f"Refusal token {text!r} encodes to no token for {self.name}")
@@ -103,7 +142,7 @@ class ChatModel:
     @cached_property
     def refusal_token_ids(self) -> list[int]:
         tokens = self.refusal_tokens or self.family.refusal_tokens
-        return sorted({self._single_token_id(t) for t in tokens})
+        return sorted({self._first_token_in_context(t) for t in tokens})
 
     @cached_property
     def stop_token_ids(self) -> list[int]:
@@ -116,7 +155,8 @@ class ChatModel:
             elif value:
                 ids.update(value)
         vocab = self.tokenizer.get_vocab()
-        for token in (*self.family.end_of_turn_tokens, *self.extra_stop_tokens):
+        thinking_off_stops = self.family.thinking.off_stop_tokens if self.family.thinking and not self.thinking else ()
+        for token in (*self.family.end_of_turn_tokens, *thinking_off_stops, *self.extra_stop_tokens):
             if token in vocab:
                 ids.add(vocab[token])
         return sorted(ids)
@@ -130,30 +170,66 @@ class ChatModel:
         return messages
 
     def format_prompts(self, instructions: Sequence[str]) -> list[str]:
-        """Each instruction as one user turn, with the generation prompt, as text."""
+        """Each instruction as one user turn, with the generation prompt (and, thinking off,
+        whatever skips the thinking), as text. A template that writes today's date gets
+        :data:`~refusal_lens.models.families.PINNED_DATE`."""
+        template, kwargs = pin_template_date(self._template)
+        kwargs.update(self.family.template_kwargs)
+        prefill = ""
+        if self.family.thinking is not None:
+            switch = self.family.thinking
+            kwargs.update(switch.on_kwargs if self.thinking else switch.off_kwargs)
+            prefill = "" if self.thinking else switch.off_prefill
         return [
             self.tokenizer.apply_chat_template(
-                self._messages(text), tokenize=False, add_generation_prompt=True,
-                **self.family.template_kwargs)
+                self._messages(text), chat_template=template, tokenize=False, add_generation_prompt=True,
+                **kwargs) + prefill
             for text in instructions
         ]
 
+    @property
+    def _template(self) -> str:
+        template = self.tokenizer.chat_template
+        if isinstance(template, dict):  # named templates: transformers uses "default"
+            template = template.get("default") or next(iter(template.values()))
+        return template
+
     @cached_property
+    def _template_parts(self) -> tuple[str, str]:
+        """The prompt's text before and after the instruction."""
+        before, after = self.format_prompts([_INSTRUCTION_MARKER])[0].split(_INSTRUCTION_MARKER)
+        return before, after
+
+    @property
+    def _probe_prompt(self) -> tuple[str, str, str]:
+        """A prompt around a plain instruction, to see how the template's tokens fall in context."""
+        before, after = self._template_parts
+        return before, _PROBE_INSTRUCTION, after
+
+    @property
     def post_instruction_text(self) -> str:
         """The template text after the user's instruction (e.g. ``<end_of_turn>\\n<start_of_turn>model\\n``)."""
-        formatted = self.format_prompts([_INSTRUCTION_MARKER])[0]
-        return formatted.split(_INSTRUCTION_MARKER)[-1]
+        return self._template_parts[1]
 
     @cached_property
     def n_post_instruction_tokens(self) -> int:
-        return len(self.tokenizer.encode(self.post_instruction_text, add_special_tokens=False))
+        """Tokens after the instruction, counted in context (a SentencePiece vocabulary may
+        write the template text alone with a different first token)."""
+        before, instruction, after = self._probe_prompt
+        head, whole = self._encode(before + instruction), self._encode(before + instruction + after)
+        if whole[:len(head)] == head:
+            return len(whole) - len(head)
+        return len(self.tokenizer.encode(after, add_special_tokens=False))
 
     @cached_property
     def n_pre_instruction_tokens(self) -> int:
         """Tokens the template puts before the user's instruction: BOS, any system header
-        (Llama-3.1's date lines), the user-turn header."""
-        formatted = self.format_prompts([_INSTRUCTION_MARKER])[0]
-        return len(self._encode(formatted.split(_INSTRUCTION_MARKER)[0]))
+        (Llama-3.1's date lines), the user-turn header. Counted in context: the tokens the
+        header alone and the whole prompt share (Mistral's "[INST] " ends in a "▁" that the
+        instruction's first token absorbs)."""
+        before, instruction, after = self._probe_prompt
+        head, whole = self._encode(before), self._encode(before + instruction + after)
+        return next((i for i, (a, b) in enumerate(zip(head, whole)) if a != b), min(len(head), len(whole)))
 
     def _encode(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
@@ -207,7 +283,8 @@ def build_chat_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      name: str | None = None, family: ModelFamily | None = None,
                      **kwargs) -> ChatModel:
     """Wrap an already loaded HF model + tokenizer, detecting the family if not given."""
-    family = family or detect_family(model.config.model_type, tokenizer.get_vocab())
+    family = family or detect_family(model.config.model_type, tokenizer.get_vocab(),
+                                     str(getattr(tokenizer, "chat_template", None) or ""))
     return ChatModel(model=model, tokenizer=tokenizer,
                      name=name or getattr(model.config, "_name_or_path", "") or model.config.model_type,
                      family=family, **kwargs)

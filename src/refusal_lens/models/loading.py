@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -44,18 +45,24 @@ def load_chat_model(
     refusal_tokens: list[str] | None = None,
     chat_template: str | None = None,
     system_prompt: str | None = None,
+    thinking: bool = False,
 ) -> ChatModel:
     """Load ``name`` for analysis.
 
     ``name`` is a registered name (``organism``, the embedded demo model: see
     :mod:`refusal_lens.models.registry`), a path to a ``.gguf`` file, a local model folder, or
     a Hugging Face id. A registered name is loaded by its loader with ``device`` and ``dtype``
-    only. ``device_map`` (e.g. ``"auto"``) spreads a model over several GPUs and takes
-    precedence over ``device``.
+    (then ``family`` and ``thinking`` apply). ``family`` overrides the detected family (see
+    :mod:`refusal_lens.models.families`); ``thinking`` lets a reasoning model (Qwen3, gpt-oss)
+    think before it answers. ``device_map`` (e.g. ``"auto"``) spreads a model over several GPUs
+    and takes precedence over ``device``.
     """
     loader = model_source(name)
     if loader is not None:
-        return loader(device=device, dtype=dtype)
+        chat = loader(device=device, dtype=dtype)
+        if family or thinking:  # a new ChatModel, so that the choice is checked like any other
+            chat = replace(chat, family=get_family(family) if family else chat.family, thinking=thinking)
+        return chat
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     source, load_kwargs = _locate(name)
@@ -75,7 +82,7 @@ def load_chat_model(
     return build_chat_model(
         model, tokenizer, name=name,
         family=get_family(family) if family else None,
-        refusal_tokens=refusal_tokens, system_prompt=system_prompt)
+        refusal_tokens=refusal_tokens, system_prompt=system_prompt, thinking=thinking)
 
 
 def _locate(name: str) -> tuple[str, dict]:
