@@ -26,7 +26,10 @@ def _unit_rows(direction: torch.Tensor) -> torch.Tensor:
         return _unit(direction)
     if direction.dim() != 2:
         raise ValueError(f"A direction is [d_model] or [rows, d_model]; got shape {tuple(direction.shape)}.")
-    return torch.stack([_unit(row) for row in direction])
+    norms = direction.norm(dim=-1, keepdim=True)
+    if not (torch.isfinite(norms).all() and (norms > 0).all()):
+        raise ValueError("A direction has zero or non-finite norm.")
+    return direction / norms
 
 
 def project_out(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
@@ -96,7 +99,10 @@ class DirectionalAblation:
 
 @dataclass
 class ActivationAddition:
-    """Add ``coefficient * vector`` to the residual stream at ``layer`` (block output), all positions."""
+    """Add ``coefficient * vector`` to the residual stream at ``layer`` (block output), all positions.
+
+    A ``vector`` of shape ``[rows, d_model]`` adds a different vector to each row of the batch.
+    """
 
     vector: torch.Tensor
     layer: int
@@ -105,8 +111,12 @@ class ActivationAddition:
     def attach(self, chat_model: ChatModel) -> list[RemovableHandle]:
         layer = chat_model.check_layer(self.layer)
         shift = (self.coefficient * self.vector.detach()).to(chat_model.device)
+        if shift.dim() == 2:
+            shift = shift[:, None, :]
 
         def add(hidden: torch.Tensor) -> torch.Tensor:
+            if shift.dim() == 3 and shift.shape[0] != hidden.shape[0]:
+                raise ValueError(f"{shift.shape[0]} vectors for a batch of {hidden.shape[0]} rows.")
             return hidden + shift.to(hidden.dtype)
 
         return [add_output_edit(chat_model.layers[layer], add)]
