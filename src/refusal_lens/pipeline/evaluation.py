@@ -302,7 +302,7 @@ def report(result: Evaluation, inputs: Inputs, figures: Path) -> list[ReportSect
             + img(fig_asr(result, figures), "ASR bars")
             + f"<p>Δ CE: {CAPABILITY_NOTE}. {KL_NOTE}.</p>")),
         ReportSection("Attack success vs damage on harmless prompts",
-                      img(fig_pareto(result, figures), "ASR-vs-KL chart (no capability prompts)")),
+                      img(fig_pareto(result, figures), "ASR-vs-KL chart")),
         ReportSection("Refusal-score distributions", img(fig_scores(result, figures), "score histogram")),
         ReportSection("Per prompt", table(rows, ["prompt", *names])),
     ]
