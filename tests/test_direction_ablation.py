@@ -119,10 +119,9 @@ def test_hooks_on_every_module_removed_after_an_exception(chat_model):
         return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in chat_model.model.modules())
 
     before = hook_count()
-    with pytest.raises(RuntimeError, match="boom"):
-        with intervene(chat_model, DirectionalAblation(torch.randn(chat_model.d_model))):
-            assert hook_count() == before + 3 * chat_model.n_layers
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), intervene(chat_model, DirectionalAblation(torch.randn(chat_model.d_model))):
+        assert hook_count() == before + 3 * chat_model.n_layers
+        raise RuntimeError("boom")
     assert hook_count() == before
 
 

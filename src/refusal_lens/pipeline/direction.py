@@ -34,7 +34,7 @@ from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
 from refusal_lens.pipeline.store import StageDir
 from refusal_lens.prefix_cache import PrefixCache, build_prefix_caches, last_logits_from_cache
 from refusal_lens.progress import batches, make_progress
-from refusal_lens.report import ReportSection, img, number, save_figure, subplots, table
+from refusal_lens.report import ReportSection, img, save_figure, subplots, table
 from refusal_lens.scoring import last_position_logits, next_token_kl, refusal_score_from_logits
 
 DIRECTION_FILE = "direction.safetensors"  # in the stage folder, copied into the run folder
@@ -74,8 +74,7 @@ class RefusalDirection(BaseModel):
                                       "ablation (lower is better)")
     induce: float = Field(description="mean refusal score of the harmless val prompts with the direction "
                                       "added at `layer`")
-    kl: float | None = Field(description="harmless next-token KL, ablated vs clean (null: not measured, when "
-                                         "no candidate induced refusal)")
+    kl: float = Field(description="harmless next-token KL, ablated vs clean")
     variant: str = Field(description="`select` (every layer x position, chosen on val) or `last_position`")
     filters: str = Field(description="which selection filters the choice passed: `induce+kl`, or a relaxed "
                                      "tier, named")
@@ -323,6 +322,9 @@ def find_direction(chat_model: ChatModel, harmful_train: Sequence[str], harmless
     table = screen(scorer, means, layers, positions, config, measure_all=fixed)
     best, filters = choose(table, config)
     direction = means[best["layer"], positions.index(best["position"])].clone()
+    if best["kl"] is None:  # no candidate induced refusal: KL was not needed to choose, but is reported
+        best["kl"] = scorer.kl(direction[None]).item()
+        best["low_kl"] = _low_kl(best, config)
     fallback, alternatives = None, []
     if filters != PASSED and not fixed:
         fallback = fallback_warning(filters, len(table), config)
@@ -352,14 +354,10 @@ def load_vector(stage_dir: StageDir) -> torch.Tensor:
     return load_direction(stage_dir.path / DIRECTION_FILE).direction
 
 
-def _kl_text(kl: float | None) -> str:
-    return number(kl, ".3f")
-
-
 def summary(result: RefusalDirection) -> list[str]:
-    lines = [f"Refusal direction: layer {result.layer}, position {result.position} "
-             f"(bypass {result.bypass:+.2f}, induce {result.induce:+.2f}, KL {_kl_text(result.kl)}; "
-             f"{result.n_passing} of {result.n_candidates} candidates passed both filters)"]
+    lines = [(f"Refusal direction: layer {result.layer}, position {result.position} "
+              f"(bypass {result.bypass:+.2f}, induce {result.induce:+.2f}, KL {result.kl:.3f}; "
+              f"{result.n_passing} of {result.n_candidates} candidates passed both filters)")]
     if result.fallback:
         lines.append(f"[bold red]Warning:[/] {result.fallback}")
         lines += [f"  {a.method}: bypass {a.bypass:+.2f}, KL {a.kl:.3f}" for a in result.alternatives]
@@ -379,8 +377,7 @@ def fig_grid(result: RefusalDirection, folder: Path) -> str | None:
             rows = sorted((r for r in result.table if r.position == position), key=lambda r: r.layer)
             values = [math.nan if getattr(r, key) is None else getattr(r, key) for r in rows]
             ax.plot([r.layer for r in rows], values, marker=".", label=f"position {position}")
-        ax.plot([result.layer], [getattr(result, key) if getattr(result, key) is not None else math.nan], "k*",
-                markersize=12, label="chosen")
+        ax.plot([result.layer], [getattr(result, key)], "k*", markersize=12, label="chosen")
         ax.set_xlabel("layer (block output)")
         ax.set_title(label, fontsize=9)
     if any(r.kl and r.kl > 0 for r in result.table):
@@ -393,7 +390,7 @@ def fig_grid(result: RefusalDirection, folder: Path) -> str | None:
 
 def report(result: RefusalDirection, inputs: Inputs, figures: Path) -> list[ReportSection]:
     body = (f"<p>Layer {result.layer}, position {result.position} ({html.escape(result.variant)}): "
-            f"bypass {result.bypass:+.2f}, induce {result.induce:+.2f}, KL {_kl_text(result.kl)}; "
+            f"bypass {result.bypass:+.2f}, induce {result.induce:+.2f}, KL {result.kl:.3f}; "
             f"filters passed: {html.escape(result.filters)}; {result.n_passing} of {result.n_candidates} "
             "candidates passed both filters (a candidate a filter rejected is not measured further: gaps in "
             "the lines).</p>")
