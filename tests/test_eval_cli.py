@@ -155,3 +155,5 @@ def test_eval_capability_cost_is_the_reference(model_dir, prompt_file, tmp_path)
     plain = completion_cross_entropy(chat, texts, cost["completions"]).mean
     assert cost["intervention"]["cross_entropy"]["mean"] == pytest.approx(ablated, rel=1e-4)
     assert cost["intervention"]["delta_cross_entropy"] == pytest.approx(ablated - plain, abs=1e-4)
+    assert "next-token KL on harmless prompts" in result.stdout
+    assert 0 <= cost["intervention"]["next_token"]["kl_mean"] <= cost["intervention"]["next_token"]["kl_max"]

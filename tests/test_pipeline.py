@@ -8,7 +8,7 @@ from conftest import tiny_llama
 from sae_factory import make_sae
 from typer.testing import CliRunner
 
-from refusal_lens.capability import completion_cross_entropy
+from refusal_lens.capability import base_last_logits, completion_cross_entropy, next_token_shift
 from refusal_lens.cli import app
 from refusal_lens.interventions import DirectionalAblation
 from refusal_lens.interventions.files import load_direction
@@ -98,6 +98,7 @@ def test_full_run_writes_results_feature_sets_and_report(setup, full_run):
     assert saved["search"]["greedy_loop"]["forward_passes"] >= 1
     html = (out / "report.html").read_text()
     assert "<img" in html and "http" not in html.split("<body>")[1].split("Versions")[0]
+    assert 'alt="ASR-vs-KL chart' in html and 'alt="direction grid"' in html
     before_answers = html.split("<body>")[1].split("<h2>Per prompt")[0]
     assert "None" not in before_answers and "{" not in before_answers, "a value printed as a Python repr"
     assert (out / "direction.safetensors").exists()
@@ -123,6 +124,12 @@ def assert_capability_cost_is_the_reference(root, out, saved):
     cost = saved["evaluation"]["methods"]["directional_ablation"]["capability"]
     assert cost["cross_entropy"] == pytest.approx(ablated, rel=1e-4)
     assert cost["delta_cross_entropy"] == pytest.approx(ablated - plain, abs=1e-4)
+    shift = next_token_shift(chat, harmless, base_last_logits(chat, harmless, 2),
+                             interventions=[DirectionalAblation(direction)], batch_size=2)
+    assert cost["kl_mean"] == pytest.approx(sum(shift.kl) / len(shift.kl), rel=1e-3, abs=1e-6)
+    assert cost["kl_max"] == pytest.approx(max(shift.kl), rel=1e-3, abs=1e-6)
+    assert cost["top1_unchanged"] == sum(shift.top1_unchanged) / len(shift.top1_unchanged)
+    assert saved["evaluation"]["methods"]["none"]["capability"]["kl_max"] == 0.0
 
 
 def test_feature_set_files_are_accepted_by_eval(setup, full_run):

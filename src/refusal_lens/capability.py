@@ -6,13 +6,17 @@
    count: the loss is the sum of ``-log p`` over completion tokens divided by the number of
    completion tokens (never by the prompt or padding tokens). The completion text is
    re-tokenized after the chat-formatted prompt; the end-of-turn token is not scored.
-2. Multiple-choice accuracy on an ARC-style file: each question is one user turn listing
+2. The next-token distribution at the last prompt position of the same harmless prompts
+   (heretic's damage metric): ``KL(unmodified || under the method)`` per prompt, and whether
+   the most likely next token is unchanged. Both runs use the same batches (same padding), so
+   no intervention gives exactly 0.
+3. Multiple-choice accuracy on an ARC-style file: each question is one user turn listing
    the lettered choices and asking for the letter; the prediction is the choice whose label
    token has the highest next-token logit at the last prompt position (one forward pass).
    Accuracy comes with a Wilson interval, and methods are compared with the baseline on the
    same questions (exact McNemar).
 
-``capability_report`` runs both for a baseline and any number of named interventions.
+``capability_report`` runs them for a baseline and any number of named interventions.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from refusal_lens.activations import model_inputs
 from refusal_lens.data.errors import DataError
 from refusal_lens.generation import generate
 from refusal_lens.interventions import intervene
-from refusal_lens.scoring import last_position_logits
-from refusal_lens.stats import mcnemar, rate_with_interval
+from refusal_lens.scoring import last_position_logits, next_token_kl
+from refusal_lens.stats import mcnemar, mean_with_interval, rate_with_interval
 
 # --- cross-entropy of own completions --------------------------------------------------------
 
@@ -106,6 +110,47 @@ def completion_cross_entropy(chat_model: Any, instructions: Sequence[str], compl
     n_tokens = sum(int(t.numel()) for t in per_token)
     return CrossEntropy(mean=total / n_tokens, n_tokens=n_tokens,
                         per_prompt=[float(t.mean()) if t.numel() else float("nan") for t in per_token])
+
+
+# --- the next-token distribution at the last prompt position --------------------------------
+
+
+@dataclass
+class NextTokenShift:
+    """Per prompt: ``KL(base || edited)`` of the next-token distribution at the last prompt
+    position, and whether the most likely next token is the same."""
+
+    kl: list[float]
+    top1_unchanged: list[bool]
+
+    def to_json(self) -> dict:
+        kl = torch.tensor(self.kl, dtype=torch.float64)
+        mean = mean_with_interval(self.kl)
+        return {"kl_mean": mean["mean"], "kl_ci": [mean["ci_low"], mean["ci_high"]],
+                "kl_median": float(kl.median()), "kl_max": float(kl.max()),
+                "top1_unchanged": sum(self.top1_unchanged) / len(self.top1_unchanged),
+                "n_prompts": len(self.kl), "per_prompt_kl": list(self.kl)}
+
+
+def base_last_logits(chat_model: Any, instructions: Sequence[str], batch_size: int) -> list[torch.Tensor]:
+    """The unmodified model's last-position logits, one tensor per batch of ``batch_size`` prompts."""
+    return [last_position_logits(chat_model, instructions[start:start + batch_size]).float().cpu()
+            for start in range(0, len(instructions), batch_size)]
+
+
+def next_token_shift(chat_model: Any, instructions: Sequence[str], base: Sequence[torch.Tensor], *,
+                     interventions: Sequence[Any] = (), batch_size: int = 8) -> NextTokenShift:
+    """How ``interventions`` move the next-token distribution of ``instructions`` away from
+    ``base`` (``base_last_logits`` with the same ``batch_size``)."""
+    if not instructions:
+        raise ValueError("no prompts to measure the next-token distribution on")
+    kl: list[float] = []
+    same: list[bool] = []
+    for start, reference in zip(range(0, len(instructions), batch_size), base):
+        edited = last_position_logits(chat_model, instructions[start:start + batch_size], interventions).float().cpu()
+        kl += next_token_kl(reference, edited).clamp(min=0).tolist()
+        same += (reference.argmax(-1) == edited.argmax(-1)).tolist()
+    return NextTokenShift(kl, same)
 
 
 # --- multiple choice -----------------------------------------------------------------------
@@ -245,8 +290,10 @@ def capability_report(chat_model: Any, instructions: Sequence[str],
     ``instructions``: harmless prompts (the same for every method). ``completions``: the
     reference completions (default: the unmodified model's greedy ones). Returns
     ``{"completions": [...], "baseline": {...}, "methods": {name: {...}}}`` with cross-entropy,
-    its increase over the baseline, and (with ``mc_questions``) accuracy and a McNemar test
-    against the baseline's per-question correctness.
+    its increase over the baseline, the next-token shift (``next_token``: KL mean with a
+    bootstrap interval, median, max, share of prompts whose top-1 token is unchanged), and
+    (with ``mc_questions``) accuracy and a McNemar test against the baseline's per-question
+    correctness.
     """
     if "baseline" in methods:
         raise ValueError("'baseline' is reserved for the unmodified model; name the method differently")
@@ -267,11 +314,14 @@ def capability_report(chat_model: Any, instructions: Sequence[str],
         return result
 
     baseline = one(())
+    base_logits = base_last_logits(chat_model, list(instructions), batch_size) if instructions else []
     report = {"completions": list(completions), "baseline": baseline, "methods": {}}
     for name, interventions in methods.items():
         result = one(interventions)
         if instructions:
             result["delta_cross_entropy"] = result["cross_entropy"]["mean"] - baseline["cross_entropy"]["mean"]
+            result["next_token"] = next_token_shift(chat_model, list(instructions), base_logits,
+                                                    interventions=interventions, batch_size=batch_size).to_json()
         if mc_questions:
             result["multiple_choice_vs_baseline"] = mcnemar(baseline["multiple_choice"]["correct"],
                                                             result["multiple_choice"]["correct"])

@@ -1,4 +1,5 @@
-"""The refusal score [A24] (METHOD.md §1): log-odds of a refusal token at the last prompt position."""
+"""The refusal score [A24] (METHOD.md §1): log-odds of a refusal token at the last prompt position;
+the next-token KL divergence between two runs."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ def refusal_score_from_logits(logits: torch.Tensor, refusal_token_ids: Sequence[
     log_refusal = logits.masked_fill(~is_refusal, float("-inf")).logsumexp(-1)
     log_other = logits.masked_fill(is_refusal, float("-inf")).logsumexp(-1)
     return log_refusal - log_other
+
+
+def next_token_kl(base_logits: torch.Tensor, edited_logits: torch.Tensor) -> torch.Tensor:
+    """``KL(base || edited)`` of the next-token distributions, one value per row, in float32."""
+    base = base_logits.float().log_softmax(-1)
+    edited = edited_logits.float().log_softmax(-1)
+    return (base.exp() * (base - edited)).sum(-1)
 
 
 @torch.no_grad()

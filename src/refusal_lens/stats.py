@@ -8,6 +8,7 @@
 - :func:`paired_bootstrap`: a percentile bootstrap interval of the difference of two rates
   measured on the same prompts (prompts resampled jointly).
 - :func:`cohen_kappa` / :func:`agreement`: how often two judges agree, beyond chance.
+- :func:`mean_with_interval`: a mean with its percentile-bootstrap interval.
 """
 
 from __future__ import annotations
@@ -148,3 +149,21 @@ def agreement(a: Sequence[bool], b: Sequence[bool]) -> dict:
             "kappa": cohen_kappa(x, y), "both_true": int((x & y).sum()),
             "both_false": int((~x & ~y).sum()), "only_a": int((x & ~y).sum()),
             "only_b": int((~x & y).sum())}
+
+
+def mean_with_interval(values: Sequence[float], *, n_boot: int = 10_000, confidence: float = 0.95,
+                       seed: int = 0) -> dict:
+    """``{"mean", "ci_low", "ci_high", "n"}``: the mean and its percentile-bootstrap interval.
+
+    An empty list gives ``mean = nan`` and a NaN interval.
+    """
+    arr = np.asarray(list(values), dtype=float)
+    if arr.ndim != 1:
+        raise ValueError("values must be a flat sequence of numbers")
+    _z(confidence)
+    if arr.size == 0:
+        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+    means = arr[np.random.default_rng(seed).integers(0, arr.size, size=(n_boot, arr.size))].mean(axis=1)
+    alpha = 1 - confidence
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return {"mean": float(arr.mean()), "ci_low": float(low), "ci_high": float(high), "n": int(arr.size)}

@@ -149,6 +149,11 @@ def _print_summary(summary: dict, out: Path) -> None:
         results_console.print(f"capability cost: cross-entropy of own harmless answers "
                               f"{cost['cross_entropy']['mean']:.3f} "
                               f"({cost['delta_cross_entropy']:+.3f} vs no intervention)")
+    if "next_token" in cost:
+        shift = cost["next_token"]
+        results_console.print(f"next-token KL on harmless prompts: mean {shift['kl_mean']:.3f} "
+                              f"[{shift['kl_ci'][0]:.3f}, {shift['kl_ci'][1]:.3f}], median {shift['kl_median']:.3f}, "
+                              f"max {shift['kl_max']:.3f}; top-1 token unchanged on {shift['top1_unchanged']:.0%}")
     if "multiple_choice" in cost:
         results_console.print(f"multiple-choice accuracy {cost['multiple_choice']['rate']:.1%} "
                               f"(p = {cost['multiple_choice_vs_baseline']['p_value']:.3f} vs no intervention, McNemar)")

@@ -43,11 +43,26 @@ class DirectionConfig(StrictModel):
         "post_instruction", description="candidate positions of the select variant, counted from the right "
                                         "(-1 = last prompt token); post_instruction: every token after the "
                                         "instruction")
-    max_layer_fraction: float = Field(0.8, gt=0, le=1, description="candidates from layers at or above this "
-                                                                    "fraction of the depth are dropped")
+    max_layer_fraction: float = Field(0.8, gt=0, le=1, description=(
+        "drop the last layers as Arditi et al. do, in their convention: a candidate at layer L (the output "
+        "of block L, their layer L+1) is dropped when L+1 >= int(fraction x depth)"))
     kl_threshold: float = Field(0.1, description="a candidate must keep the harmless next-token KL below this")
     induce_threshold: float = Field(0.0, description="adding a candidate must raise the harmless refusal score "
                                                      "above this")
+    rows_per_forward: int = Field(64, ge=1, description="(candidate, prompt) rows scored in one forward pass")
+    score_every_candidate: bool = Field(False, description=(
+        "measure bypass and KL of every candidate; off: a candidate a cheaper filter rejected is not measured "
+        "further (induce first, then KL, then bypass: the choice is the same, the grid much cheaper)"))
+    fallback_windows: list[int] = Field(default_factory=lambda: [0, 2, 5], description=(
+        "when no candidate passes both filters: the chosen direction is also measured ablated only at the "
+        "blocks within w of its layer, for each w (the evaluation evaluates these too)"))
+
+    @field_validator("fallback_windows")
+    @classmethod
+    def _windows_not_negative(cls, value: list[int]) -> list[int]:
+        if any(w < 0 for w in value):
+            raise ValueError("direction.fallback_windows are half-widths in layers: use numbers >= 0")
+        return value
 
     @model_validator(mode="after")
     def _layer_for_variant(self):
@@ -129,12 +144,12 @@ def demo_config() -> RunConfig:
     """Small defaults that run the whole pipeline on the organism in minutes on a laptop CPU.
 
     Candidates come from the organism's SAE layers at depth fractions [40%, 80%) (layers 14,
-    18, 21 and 22 of 30 for the shipped build): fewer, higher layers keep the search cheap,
-    and the direction search drops layers from 80% on (``direction.max_layer_fraction``).
+    18, 21 and 22 of 30 for the shipped build): fewer, higher layers keep the search cheap.
+    The direction is chosen on the full grid (every layer below the last 20%, counted as
+    Arditi et al. count them, x every post-instruction position).
     """
     return RunConfig(
         data=DataConfig(n_train=32, n_val=8, n_search=6, n_eval=32, n_fm=64),
-        direction=DirectionConfig(positions=[-1], layers=list(range(2, 24, 2))),
         candidates=CandidatesConfig(top_k=10, layers=organism_sae_layers(0.4, 0.8)),
         search=SearchConfig(seeds=[0, 1, 2], rows_per_forward=48, per_prompt_limit=3),
         interactions=InteractionsConfig(top_k=[10, 25, 50], max_features=2048),

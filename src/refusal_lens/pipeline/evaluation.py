@@ -3,8 +3,11 @@
 Methods: no intervention, directional ablation, the minimal shared set (∩ and ∪ over seeds),
 the minimal set with the top-K interacting features and those alone, and random sets matched
 in size and layers (the control). Each gets the judge's attack success rate and the
-refusal-score flip rate with 95% Wilson intervals, and its capability cost: the rise in
-cross-entropy of the unmodified model's own greedy answers to held-out harmless prompts.
+refusal-score flip rate with 95% Wilson intervals, and its capability cost on held-out harmless
+prompts: the rise in cross-entropy of the unmodified model's own greedy answers, and the KL
+divergence of the next-token distribution at the last prompt position (heretic's damage
+metric), with the share of prompts whose most likely next token is unchanged. The report
+plots every method on one ASR-vs-KL chart.
 """
 
 from __future__ import annotations
@@ -61,6 +64,13 @@ class CapabilityCost(BaseModel):
     cross_entropy: float = Field(description="mean cross-entropy (nats/token) of the unmodified model's own "
                                              "greedy answers to the held-out harmless prompts, under the method")
     delta_cross_entropy: float = Field(description="its increase over no intervention")
+    kl_mean: float = Field(description="mean over the held-out harmless prompts of KL(unmodified || method) of "
+                                       "the next-token distribution at the last prompt position")
+    kl_ci: tuple[float, float] = Field(description="its 95% bootstrap interval")
+    kl_median: float = Field(description="the median of those KL divergences")
+    kl_max: float = Field(description="their maximum")
+    top1_unchanged: float = Field(description="share of the harmless prompts whose most likely next token is "
+                                              "the unmodified model's")
 
 
 class MethodResult(BaseModel):
@@ -94,7 +104,9 @@ class CapabilityRun(BaseModel):
 
 class Evaluation(BaseModel):
     methods: dict[str, MethodResult] = Field(description=(
-        "`none`, `directional_ablation`, `minimal_shared` (the search's ∩ seeds, or ∪ when that is empty), "
+        "`none`, `directional_ablation`, `directional_ablation_A-B` (the direction ablated at blocks A..B only: "
+        "the direction stage's `alternatives`, present only when its filters were relaxed), "
+        "`minimal_shared` (the search's ∩ seeds, or ∪ when that is empty), "
         "`minimal_shared_union`, `interaction` (minimal ∪ the FM's top max(`interactions.top_k`)), "
         "`interaction_only`, `random_1..n` (matched in size and layers to `minimal_shared`); a feature method "
         "whose set is empty is left out"))
@@ -112,6 +124,8 @@ def evaluation_methods(ctx: RunContext, inputs: Inputs) -> tuple[dict, dict[str,
     k = max(ctx.config.interactions.top_k)
     fm_top = [(r.layer, r.feature) for r in interactions.ranking[:k]]
     methods = {"none": [], "directional_ablation": [DirectionalAblation(vector)]}
+    for alternative in inputs["direction"].alternatives:  # only when the direction's filters were relaxed
+        methods[alternative.method] = [DirectionalAblation(vector, layers=alternative.layers)]
     feature_sets = {"minimal_shared": minimal,
                     "minimal_shared_union": list(search.shared.union),
                     "interaction": sorted(set(minimal) | set(fm_top)),
@@ -136,10 +150,14 @@ def capability_cost(ctx: RunContext, harmless: list[ScoredPrompt], methods: dict
                                {name: ivs for name, ivs in methods.items() if ivs},
                                max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
     baseline = report["baseline"]["cross_entropy"]
-    costs = {"none": CapabilityCost(cross_entropy=baseline["mean"], delta_cross_entropy=0.0)}
+    costs = {"none": CapabilityCost(cross_entropy=baseline["mean"], delta_cross_entropy=0.0, kl_mean=0.0,
+                                    kl_ci=(0.0, 0.0), kl_median=0.0, kl_max=0.0, top1_unchanged=1.0)}
     for name, result in report["methods"].items():
+        shift = result["next_token"]
         costs[name] = CapabilityCost(cross_entropy=result["cross_entropy"]["mean"],
-                                     delta_cross_entropy=result["delta_cross_entropy"])
+                                     delta_cross_entropy=result["delta_cross_entropy"], kl_mean=shift["kl_mean"],
+                                     kl_ci=tuple(shift["kl_ci"]), kl_median=shift["kl_median"],
+                                     kl_max=shift["kl_max"], top1_unchanged=shift["top1_unchanged"])
     return CapabilityRun(n_prompts=len(harmless), n_tokens=baseline["n_tokens"], methods=costs,
                          completions=report["completions"])
 
@@ -172,25 +190,70 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> Evaluation:
 # --- what it shows ------------------------------------------------------------------------
 CAPABILITY_NOTE = ("capability cost, the rise in cross-entropy (nats/token) of the model's own answers to held-out "
                    "harmless prompts under the method")
+KL_NOTE = ("KL: KL(unmodified || method) of the next-token distribution at the last prompt position of the same "
+           "held-out harmless prompts (mean [95% bootstrap CI], median, max); top-1 same: share of them whose most "
+           "likely next token is unchanged")
+TABLE_HEADER = ["method", "ASR", "95% CI", "n", "score < 0", "features", "Δ CE harmless", "KL mean [95% CI]",
+                "KL median", "KL max", "top-1 same"]
+SUMMARY_COLUMNS = ("ASR", "95% CI", "n", "features", "Δ CE harmless", "KL mean [95% CI]", "top-1 same")
+
+
+def _cost_cells(cost: CapabilityCost | None) -> list[str]:
+    if cost is None:
+        return ["–"] * 5
+    return [f"{cost.delta_cross_entropy:+.3f}", f"{cost.kl_mean:.3f} [{cost.kl_ci[0]:.3f}, {cost.kl_ci[1]:.3f}]",
+            f"{cost.kl_median:.3f}", f"{cost.kl_max:.3f}", f"{cost.top1_unchanged:.0%}"]
 
 
 def _asr_rows(result: Evaluation) -> list[list[str]]:
     return [[name, f"{m.asr:.1%}", f"[{m.ci_low:.1%}, {m.ci_high:.1%}]", str(m.n), f"{m.score_flip_rate:.1%}",
-             str(m.n_features), f"{m.capability.delta_cross_entropy:+.3f}" if m.capability else "–"]
+             str(m.n_features), *_cost_cells(m.capability)]
             for name, m in result.methods.items()]
 
 
 def summary(result: Evaluation) -> list[RenderableType]:
     table_ = Table(title="Attack success rate on held-out harmful prompts")
     add_name_column(table_, "method", result.methods)
-    for column in ("ASR", "95% CI", "n", "features", "Δ CE harmless"):
+    for column in SUMMARY_COLUMNS:
         table_.add_column(column)
+    keep = [TABLE_HEADER.index(c) for c in SUMMARY_COLUMNS]
     for row in _asr_rows(result):
-        table_.add_row(*row[:4], *row[5:])
+        table_.add_row(row[0], *(row[i] for i in keep))
     lines: list[RenderableType] = [table_]
     if result.capability:
-        lines.append(f"Δ CE harmless: {CAPABILITY_NOTE}.")
+        lines.append(f"Δ CE harmless: {CAPABILITY_NOTE}. {KL_NOTE}.")
     return lines
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """The methods no other beats on both counts (lower KL and higher ASR), by increasing KL."""
+    front = [name for name, (kl, asr) in points.items()
+             if not any((k <= kl and a >= asr) and (k < kl or a > asr) for k, a in points.values())]
+    return sorted(front, key=lambda name: points[name])
+
+
+def fig_pareto(result: Evaluation, folder: Path) -> str | None:
+    """ASR against mean KL on harmless prompts, every method, with both intervals; the front joined."""
+    costed = {name: m for name, m in result.methods.items() if m.capability}
+    if not costed:
+        return None
+    fig, ax = subplots(figsize=(7.5, 4.5))
+    for name, m in costed.items():
+        kl = m.capability.kl_mean
+        ax.errorbar([kl], [m.asr], xerr=[[kl - m.capability.kl_ci[0]], [m.capability.kl_ci[1] - kl]],
+                    yerr=[[m.asr - m.ci_low], [m.ci_high - m.asr]], fmt="o", capsize=3, alpha=0.8)
+        ax.annotate(name, (kl, m.asr), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    front = pareto_front({name: (m.capability.kl_mean, m.asr) for name, m in costed.items()})
+    ax.step([costed[n].capability.kl_mean for n in front], [costed[n].asr for n in front], where="post",
+            color="black", lw=1, ls="--", label="Pareto front")
+    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_xlim(left=0)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("mean KL on held-out harmless prompts (next token, last prompt position; 95% bootstrap CI)")
+    ax.set_ylabel("attack success rate (95% Wilson CI)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Refusal removed vs harmless behaviour changed: up and to the left is better", fontsize=10)
+    return save_figure(fig, folder, "asr_vs_kl")
 
 
 def fig_asr(result: Evaluation, folder: Path) -> str:
@@ -235,10 +298,11 @@ def report(result: Evaluation, inputs: Inputs, figures: Path) -> list[ReportSect
     rows, names = _per_prompt_rows(result)
     return [
         ReportSection("Attack success on held-out prompts", (
-            table(_asr_rows(result), ["method", "ASR", "95% CI", "n", "score < 0", "features",
-                                      "Δ CE on harmless answers"])
+            table(_asr_rows(result), TABLE_HEADER)
             + img(fig_asr(result, figures), "ASR bars")
-            + f"<p>Δ CE: {CAPABILITY_NOTE}.</p>")),
+            + f"<p>Δ CE: {CAPABILITY_NOTE}. {KL_NOTE}.</p>")),
+        ReportSection("Attack success vs damage on harmless prompts",
+                      img(fig_pareto(result, figures), "ASR-vs-KL chart")),
         ReportSection("Refusal-score distributions", img(fig_scores(result, figures), "score histogram")),
         ReportSection("Per prompt", table(rows, ["prompt", *names])),
     ]
