@@ -1,0 +1,86 @@
+"""What a targeted edit needs from training prompts: where features and the refusal direction
+stay on harmless prompts, and how far an edit moves the next-token distribution.
+
+- ``feature_thresholds``: per feature, a quantile of its activation over every token of
+  harmless prompts (the max at quantile 1): the thresholds of
+  ``ThresholdFeatureIntervention``;
+- ``projection_thresholds``: per layer, the same quantile of the residual's projection on
+  the refusal direction: the thresholds of ``ProjectionGatedFeatureIntervention``;
+- ``harmless_activity``: each feature's firing rate and mean activation on harmless prompts,
+  the cost the search ranks candidates by;
+- ``next_token_kl``: KL(base ‖ edited) of the next-token distribution (heretic's damage metric).
+
+Never pass evaluation prompts here: thresholds and costs are chosen on training prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from refusal_lens.activations import read_features, residuals
+from refusal_lens.interventions import FeatureKey
+from refusal_lens.models import ChatModel
+from refusal_lens.progress import batches
+from refusal_lens.saes import SAESet
+
+
+def _check_quantile(quantile: float) -> None:
+    if not 0 <= quantile <= 1:
+        raise ValueError(f"A threshold quantile must be in [0, 1], got {quantile}.")
+
+
+def feature_thresholds(chat_model: ChatModel, saes: SAESet, features: Sequence[FeatureKey],
+                       harmless: Sequence[str], *, quantile: float = 1.0,
+                       batch_size: int = 16) -> dict[FeatureKey, float]:
+    """``{feature: the quantile of its activation over every harmless token}``."""
+    _check_quantile(quantile)
+    read = read_features(chat_model, saes, harmless, features, batch_size=batch_size)
+    tokens = read.values[read.mask]  # [tokens, features]
+    levels = torch.quantile(tokens, quantile, dim=0)
+    return {(int(L), int(i)): float(levels[j]) for j, (L, i) in enumerate(read.keys)}
+
+
+def projection_thresholds(chat_model: ChatModel, direction: torch.Tensor, layers: Sequence[int],
+                          harmless: Sequence[str], *, quantile: float = 1.0,
+                          batch_size: int = 16) -> dict[int, float]:
+    """``{layer: the quantile of x · r̂ over every harmless token at that layer}``."""
+    _check_quantile(quantile)
+    unit = (direction.float() / direction.float().norm()).to(chat_model.device)
+    projections: dict[int, list[torch.Tensor]] = {L: [] for L in layers}
+    for chunk in batches(list(harmless), batch_size):
+        batch = chat_model.tokenize(chunk)
+        valid = batch["attention_mask"].bool()
+        for layer, hidden in residuals(chat_model, batch, layers).items():
+            projections[layer].append((hidden.float() @ unit)[valid.to(hidden.device)].cpu())
+    return {int(L): float(torch.quantile(torch.cat(p), quantile)) for L, p in projections.items()}
+
+
+@dataclass(frozen=True)
+class HarmlessActivity:
+    """How much each feature fires on harmless prompts, over every token."""
+
+    keys: list[FeatureKey]
+    firing_rate: torch.Tensor     # [features]: share of tokens where it is > 0
+    mean_activation: torch.Tensor  # [features]: mean over tokens, zeros included
+
+    def cost(self, key: FeatureKey) -> float:
+        """The search's ranking key: the feature's firing rate."""
+        return float(self.firing_rate[self.keys.index((int(key[0]), int(key[1])))])
+
+
+def harmless_activity(chat_model: ChatModel, saes: SAESet, features: Sequence[FeatureKey],
+                      harmless: Sequence[str], *, batch_size: int = 16) -> HarmlessActivity:
+    read = read_features(chat_model, saes, harmless, features, batch_size=batch_size)
+    tokens = read.values[read.mask]
+    return HarmlessActivity([(int(L), int(i)) for L, i in read.keys], (tokens > 0).float().mean(0),
+                            tokens.mean(0))
+
+
+def next_token_kl(base_logits: torch.Tensor, edited_logits: torch.Tensor) -> torch.Tensor:
+    """``KL(base ‖ edited)`` of the next-token distributions, one value a row, in float32."""
+    base = base_logits.float().log_softmax(-1)
+    edited = edited_logits.float().log_softmax(-1)
+    return (base.exp() * (base - edited)).sum(-1)
