@@ -7,10 +7,14 @@ import torch
 from sae_factory import make_sae
 from test_eval_cli import model_dir, prompt_file, run_eval  # noqa: F401 (fixtures)
 
-from refusal_lens.interventions import (FeatureIntervention, FeatureOp, ProjectionGatedFeatureIntervention,
-                                        ScopedFeatureIntervention, ThresholdFeatureIntervention)
-from refusal_lens.interventions.files import (InterventionFileError, load_feature_set, save_direction,
-                                              save_feature_set)
+from refusal_lens.interventions import (
+    FeatureIntervention,
+    FeatureOp,
+    ProjectionGatedFeatureIntervention,
+    ScopedFeatureIntervention,
+    ThresholdFeatureIntervention,
+)
+from refusal_lens.interventions.files import InterventionFileError, load_feature_set, save_direction, save_feature_set
 from refusal_lens.interventions.parse import feature_intervention
 from refusal_lens.saes import SAESet
 

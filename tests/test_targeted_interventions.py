@@ -8,9 +8,15 @@ from sae_factory import make_sae
 from test_interventions import all_logits, features_for
 
 from refusal_lens.generation import generate
-from refusal_lens.interventions import (FeatureIntervention, FeatureOp, ProjectionGatedFeatureIntervention,
-                                        ScopedFeatureIntervention, SpliceFeatureIntervention,
-                                        ThresholdFeatureIntervention, intervene)
+from refusal_lens.interventions import (
+    FeatureIntervention,
+    FeatureOp,
+    ProjectionGatedFeatureIntervention,
+    ScopedFeatureIntervention,
+    SpliceFeatureIntervention,
+    ThresholdFeatureIntervention,
+    intervene,
+)
 from refusal_lens.interventions.positions import cached_length, check_scope, scope_columns
 from refusal_lens.prefix_cache import build_prefix_cache, last_logits_from_cache
 from refusal_lens.saes import SAESet
@@ -122,7 +128,7 @@ def test_scopes_in_generation_equal_splice_with_the_mask_by_hand(llama, setup, s
 
 def test_scoped_rows_from_a_prefix_cache_equal_full_forwards(llama, setup):
     """The search evaluates scoped sets from a prefix cache, one set a row."""
-    saes, batch, features = setup
+    saes, _, features = setup
     sets = [features[:4], features[4:], features]
     cache = build_prefix_cache(llama, PROMPTS, start=min(LAYERS))
     rows = torch.tensor([1, 2, 3])
@@ -135,7 +141,7 @@ def test_scoped_rows_from_a_prefix_cache_equal_full_forwards(llama, setup):
 
 
 def test_scope_hooks_removed_after_an_exception(llama, setup):
-    saes, batch, features = setup
+    saes, _, features = setup
     model_hooks = len(llama.model._forward_pre_hooks)
     with pytest.raises(RuntimeError, match="boom"), intervene(
             llama, ScopedFeatureIntervention(saes, features, scope="post_instruction")):

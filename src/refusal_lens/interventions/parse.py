@@ -11,8 +11,13 @@ from dataclasses import dataclass
 from refusal_lens.interventions.conditional import ProjectionGatedFeatureIntervention, ThresholdFeatureIntervention
 from refusal_lens.interventions.direction import ActivationAddition, DirectionalAblation
 from refusal_lens.interventions.features import FeatureIntervention
-from refusal_lens.interventions.files import (DirectionFile, FeatureSetFile, InterventionFileError,
-                                              load_direction, load_feature_set)
+from refusal_lens.interventions.files import (
+    DirectionFile,
+    FeatureSetFile,
+    InterventionFileError,
+    load_direction,
+    load_feature_set,
+)
 from refusal_lens.interventions.positions import ScopedFeatureIntervention, check_scope
 from refusal_lens.models import ChatModel
 from refusal_lens.saes import SAESet, load_sae_set

@@ -74,6 +74,15 @@ class SearchConfig(StrictModel):
     shared_flip_fraction: float = Field(0.9, gt=0, le=1, description=(
         "a shared set must keep this fraction of the prompts that the full candidate set flips flipped"))
     rows_per_forward: int = Field(64, ge=1, description="(prompt, feature set) pairs evaluated per forward pass")
+    cost: Literal["none", "harmless_kl"] = Field("none", description=(
+        "none: the paper's search only; harmless_kl: also cheap shared tracks, where capability cost is an "
+        "objective: candidates ordered by their firing rate on harmless training prompts (costliest tried "
+        "first), and a test is dropped when the prompts stay flipped and the mean next-token KL on those "
+        "prompts falls, whatever P(refusal) does (the set `minimal_cheap`)"))
+    cost_prompts: int = Field(16, ge=1, description="harmless training prompts (`prompt_sets.harmless_train`) "
+                                                    "the cheap tracks' cost is measured on")
+    max_harmless_firing: float | None = Field(None, gt=0, le=1, description=(
+        "cheap tracks leave out candidates that fire on more than this share of the harmless tokens"))
 
 
 class InteractionsConfig(StrictModel):
