@@ -27,35 +27,54 @@ from refusal_lens.progress import batches
 from refusal_lens.saes import SAESet
 
 
-def _check_quantile(quantile: float) -> None:
-    if not 0 <= quantile <= 1:
-        raise ValueError(f"A threshold quantile must be in [0, 1], got {quantile}.")
+@dataclass(frozen=True)
+class TokenValues:
+    """Some quantities (features, or layers' projections on a direction) at every token of some prompts."""
+
+    keys: list
+    values: torch.Tensor  # [tokens, keys], float32
+
+    def quantile(self, quantile: float) -> dict:
+        """``{key: the quantile of its values}`` (quantile 1: the max)."""
+        if not 0 <= quantile <= 1:
+            raise ValueError(f"A threshold quantile must be in [0, 1], got {quantile}.")
+        levels = torch.quantile(self.values, quantile, dim=0)
+        return {key: float(levels[j]) for j, key in enumerate(self.keys)}
+
+
+def feature_values(chat_model: ChatModel, saes: SAESet, features: Sequence[FeatureKey], prompts: Sequence[str], *,
+                   batch_size: int = 16) -> TokenValues:
+    """The features' activations at every token (padding left out)."""
+    read = read_features(chat_model, saes, prompts, features, batch_size=batch_size)
+    return TokenValues([(int(L), int(i)) for L, i in read.keys], read.values[read.mask])
+
+
+def projection_values(chat_model: ChatModel, direction: torch.Tensor, layers: Sequence[int], prompts: Sequence[str],
+                      *, batch_size: int = 16) -> TokenValues:
+    """``x · r̂`` of the residual at each layer, at every token (padding left out)."""
+    unit = (direction.float() / direction.float().norm()).to(chat_model.device)
+    layers = sorted(int(L) for L in layers)
+    pieces = []
+    for chunk in batches(list(prompts), batch_size):
+        batch = chat_model.tokenize(chunk)
+        read = residuals(chat_model, batch, layers)
+        valid = batch["attention_mask"].bool().to(chat_model.device)
+        pieces.append(torch.stack([(read[L].float() @ unit)[valid] for L in layers], dim=-1).cpu())
+    return TokenValues(layers, torch.cat(pieces))
 
 
 def feature_thresholds(chat_model: ChatModel, saes: SAESet, features: Sequence[FeatureKey],
                        harmless: Sequence[str], *, quantile: float = 1.0,
                        batch_size: int = 16) -> dict[FeatureKey, float]:
     """``{feature: the quantile of its activation over every harmless token}``."""
-    _check_quantile(quantile)
-    read = read_features(chat_model, saes, harmless, features, batch_size=batch_size)
-    tokens = read.values[read.mask]  # [tokens, features]
-    levels = torch.quantile(tokens, quantile, dim=0)
-    return {(int(L), int(i)): float(levels[j]) for j, (L, i) in enumerate(read.keys)}
+    return feature_values(chat_model, saes, features, harmless, batch_size=batch_size).quantile(quantile)
 
 
 def projection_thresholds(chat_model: ChatModel, direction: torch.Tensor, layers: Sequence[int],
                           harmless: Sequence[str], *, quantile: float = 1.0,
                           batch_size: int = 16) -> dict[int, float]:
     """``{layer: the quantile of x · r̂ over every harmless token at that layer}``."""
-    _check_quantile(quantile)
-    unit = (direction.float() / direction.float().norm()).to(chat_model.device)
-    projections: dict[int, list[torch.Tensor]] = {L: [] for L in layers}
-    for chunk in batches(list(harmless), batch_size):
-        batch = chat_model.tokenize(chunk)
-        valid = batch["attention_mask"].bool()
-        for layer, hidden in residuals(chat_model, batch, layers).items():
-            projections[layer].append((hidden.float() @ unit)[valid.to(hidden.device)].cpu())
-    return {int(L): float(torch.quantile(torch.cat(p), quantile)) for L, p in projections.items()}
+    return projection_values(chat_model, direction, layers, harmless, batch_size=batch_size).quantile(quantile)
 
 
 @dataclass(frozen=True)

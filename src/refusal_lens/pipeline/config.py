@@ -102,6 +102,22 @@ class EvaluationConfig(StrictModel):
     max_new_tokens: int = Field(64, ge=1, description="greedy answer length (also the verification's)")
     n_random_sets: int = Field(3, ge=1, description="random control sets matched to the minimal set")
     batch_size: int = Field(16, ge=1, description="prompts per batch of generation (also the verification's)")
+    targeted: bool = Field(True, description=(
+        "also evaluate the minimal shared set edited where it is needed only: at prompt / post-instruction / "
+        "generated positions, above harmless feature levels, where the direction's projection is high"))
+    threshold_quantiles: list[float] = Field(default_factory=lambda: [1.0, 0.999, 0.99, 0.95, 0.9], min_length=1,
+                                             description=(
+        "quantiles of harmless training prompts' values the conditional edits' thresholds are chosen among"))
+    min_val_flip: float = Field(0.9, ge=0, le=1, description=(
+        "a conditional edit takes the highest quantile whose edit flips this share of the harmful validation "
+        "prompts (else the one flipping most)"))
+
+    @field_validator("threshold_quantiles")
+    @classmethod
+    def _quantiles(cls, value: list[float]) -> list[float]:
+        if any(not 0 <= q <= 1 for q in value):
+            raise ValueError("evaluation.threshold_quantiles must lie in [0, 1]")
+        return value
 
     @field_validator("judge")
     @classmethod
