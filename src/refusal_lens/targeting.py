@@ -8,7 +8,8 @@ stay on harmless prompts, and how far an edit moves the next-token distribution.
   the refusal direction: the thresholds of ``ProjectionGatedFeatureIntervention``;
 - ``harmless_activity``: each feature's firing rate and mean activation on harmless prompts,
   the cost the search ranks candidates by;
-- ``next_token_kl``: KL(base ‖ edited) of the next-token distribution (heretic's damage metric).
+- ``next_token_kl``: KL(base ‖ edited) of the next-token distribution (heretic's damage metric),
+  ``kl_summary`` its mean / median / max and the share of unchanged top-1 tokens.
 
 Never pass evaluation prompts here: thresholds and costs are chosen on training prompts.
 """
@@ -103,3 +104,11 @@ def next_token_kl(base_logits: torch.Tensor, edited_logits: torch.Tensor) -> tor
     base = base_logits.float().log_softmax(-1)
     edited = edited_logits.float().log_softmax(-1)
     return (base.exp() * (base - edited)).sum(-1)
+
+
+def kl_summary(base_logits: torch.Tensor, edited_logits: torch.Tensor) -> dict[str, float]:
+    """Mean, median and max of ``next_token_kl``, and the share of rows whose top-1 token is unchanged."""
+    kl = next_token_kl(base_logits, edited_logits)
+    same = (base_logits.argmax(-1) == edited_logits.argmax(-1)).float()
+    return {"mean": kl.mean().item(), "median": kl.median().item(), "max": kl.max().item(),
+            "top1_unchanged": same.mean().item(), "n": int(kl.numel())}
