@@ -48,12 +48,14 @@ def read_run(run_dir: Path) -> dict:
 
 def default_system_text(tokenizer, template_kwargs: dict | None = None) -> str | None:
     """The system text the chat template writes when the conversation has none (None if it writes none)."""
+    from jinja2 import TemplateError
+
     kwargs = {"tokenize": False, "add_generation_prompt": True, **(template_kwargs or {})}
     plain = tokenizer.apply_chat_template([{"role": "user", "content": "@@USER@@"}], **kwargs)
     try:
         marked = tokenizer.apply_chat_template([{"role": "system", "content": "@@SYSTEM@@"},
                                                 {"role": "user", "content": "@@USER@@"}], **kwargs)
-    except Exception:  # a template that rejects a system role (Gemma-2) writes none
+    except (TemplateError, ValueError):  # a template that rejects a system role (Gemma-2) writes none
         return None
     before, after = marked.split("@@SYSTEM@@")
     if not (plain.startswith(before) and plain.endswith(after)) or len(plain) < len(before) + len(after):
@@ -128,7 +130,6 @@ def measure(run_dir: Path, model: str | None = None, intervention: str = "none",
     from refusal_lens.evaluate import evaluate_prompts
     from refusal_lens.interventions.parse import parse_intervention
     from refusal_lens.judges import get_judge
-    from refusal_lens.scoring import last_position_logits
     from refusal_lens.stats import rate_with_interval
     from refusal_lens.targeting import kl_summary
 

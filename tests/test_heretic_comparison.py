@@ -1,12 +1,12 @@
 """scripts/heretic_comparison.py: heretic's inputs from a run folder, and the shared measurement."""
 
 import json
-import tomllib
 
 import pytest
+import tomllib
 from conftest import tiny_llama
 
-from scripts.heretic_comparison import (PROMPT_FILES, default_system_text, heretic_config, main, prepare)
+from scripts.heretic_comparison import PROMPT_FILES, default_system_text, heretic_config, main, prepare
 
 # heretic-llm 1.4.0's Settings fields this script writes (heretic/config.py), and DatasetSpecification's
 HERETIC_SETTINGS = {"model", "dtypes", "device_map", "n_trials", "seed", "max_response_length", "export_strategy",
@@ -25,8 +25,8 @@ def run_dir(tmp_path_factory):
     chat.tokenizer.chat_template = SMOLLM_TEMPLATE
     chat.model.save_pretrained(root / "model")
     chat.tokenizer.save_pretrained(root / "model")
-    prompt = lambda i, text: {"id": f"p{i}", "text": text, "category": None, "split": "test", "score": 0.0}  # noqa: E731
-    sets = {name: [prompt(i, f"{name} prompt number {i}") for i in range(3)]
+    sets = {name: [{"id": f"p{i}", "text": f"{name} prompt number {i}", "category": None, "split": "test",
+                    "score": 0.0} for i in range(3)]
             for name in ("harmful_train", "harmless_train", "harmful_val", "harmless_val", "harmful_eval",
                          "harmless_eval")}
     run = root / "run"

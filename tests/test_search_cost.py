@@ -5,8 +5,16 @@ from conftest import PROMPTS
 from sae_factory import make_sae
 
 from refusal_lens.interventions import FeatureIntervention, FeatureOp
-from refusal_lens.pipeline.search import (HarmlessKL, SetEvaluator, _blocks, greedy_minimal_sets, make_tracks,
-                                          minimal_sets, run_greedy, track_from_json)
+from refusal_lens.pipeline.search import (
+    HarmlessKL,
+    SetEvaluator,
+    _blocks,
+    greedy_minimal_sets,
+    make_tracks,
+    minimal_sets,
+    run_greedy,
+    track_from_json,
+)
 from refusal_lens.prefix_cache import build_prefix_cache
 from refusal_lens.saes import SAESet
 from refusal_lens.scoring import last_position_logits
