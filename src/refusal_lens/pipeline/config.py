@@ -105,12 +105,14 @@ class EvaluationConfig(StrictModel):
     targeted: bool = Field(True, description=(
         "also evaluate the minimal shared set edited where it is needed only: at prompt / post-instruction / "
         "generated positions, above harmless feature levels, where the direction's projection is high"))
-    threshold_quantiles: list[float] = Field(default_factory=lambda: [1.0, 0.999, 0.99, 0.95, 0.9], min_length=1,
+    targeted_scales: list[float] = Field(default_factory=lambda: [0.0, -1.0, -3.0], min_length=1, description=(
+        "clamp-multiply factors the targeted edits are chosen among (0: zero-ablation)"))
+    threshold_quantiles: list[float] = Field(default_factory=lambda: [1.0, 0.99, 0.98, 0.95, 0.9], min_length=1,
                                              description=(
         "quantiles of harmless training prompts' values the conditional edits' thresholds are chosen among"))
     min_val_flip: float = Field(0.9, ge=0, le=1, description=(
-        "a conditional edit takes the highest quantile whose edit flips this share of the harmful validation "
-        "prompts (else the one flipping most)"))
+        "each targeted edit is the candidate with the lowest harmless validation KL among those flipping this "
+        "share of the harmful validation prompts (else the one flipping most)"))
 
     @field_validator("threshold_quantiles")
     @classmethod

@@ -34,7 +34,7 @@ from refusal_lens.pipeline.prompt_sets import PromptSets, ScoredPrompt, texts
 from refusal_lens.pipeline.search import MinimalSets
 from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
 from refusal_lens.pipeline.store import StageDir
-from refusal_lens.pipeline.targeted import ConditionChoice, file_fields, targeted_methods
+from refusal_lens.pipeline.targeted import TargetedChoice, file_fields, targeted_methods
 from refusal_lens.report import ReportSection, img, save_figure, subplots, table
 from refusal_lens.saes import SAESet
 from refusal_lens.stats import rate_with_interval
@@ -103,8 +103,9 @@ class Evaluation(BaseModel):
     feature_sets: dict[str, list[FeatureKey]] = Field(description="method → the features it ablates")
     per_prompt: dict[str, list[PromptOutcome]] = Field(description="method → one outcome per held-out prompt")
     capability: CapabilityRun | None = Field(description="null with `data.n_capability = 0`")
-    conditions: dict[str, ConditionChoice] = Field(default_factory=dict, description=(
-        "conditional method → its thresholds and how their quantile was chosen on validation prompts"))
+    targeted: dict[str, TargetedChoice] = Field(default_factory=dict, description=(
+        "targeted method → its positions, condition, factor and thresholds, and the validation scores "
+        "they were chosen by (`pipeline/targeted.py`)"))
 
 
 def evaluation_methods(ctx: RunContext, inputs: Inputs) -> tuple[dict, dict[str, list[FeatureKey]]]:
@@ -131,7 +132,7 @@ def evaluation_methods(ctx: RunContext, inputs: Inputs) -> tuple[dict, dict[str,
 
 
 def add_targeted_methods(ctx: RunContext, inputs: Inputs, methods: dict,
-                         feature_sets: dict[str, list[FeatureKey]]) -> dict[str, ConditionChoice]:
+                         feature_sets: dict[str, list[FeatureKey]]) -> dict[str, TargetedChoice]:
     """The minimal shared set edited where it is needed only, added to ``methods``."""
     minimal = feature_sets["minimal_shared"]
     if not ctx.config.evaluation.targeted or not minimal:
@@ -167,7 +168,7 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> Evaluation:
     eval_prompts = [p.as_prompt("eval") for p in sets.harmful_eval]
     judge = get_judge(config.judge)
     methods, feature_sets = evaluation_methods(ctx, inputs)
-    conditions = add_targeted_methods(ctx, inputs, methods, feature_sets)
+    targeted = add_targeted_methods(ctx, inputs, methods, feature_sets)
     results, per_prompt = {}, {}
     for name, interventions in methods.items():
         ctx.console.print(f"  evaluating [bold]{name}[/] on {len(eval_prompts)} held-out prompts")
@@ -185,7 +186,7 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> Evaluation:
     for name, cost in (capability.methods if capability else {}).items():
         results[name].capability = cost
     return Evaluation(methods=results, feature_sets=feature_sets, per_prompt=per_prompt, capability=capability,
-                      conditions=conditions)
+                      targeted=targeted)
 
 
 # --- what it shows ------------------------------------------------------------------------
@@ -266,7 +267,7 @@ def report(result: Evaluation, inputs: Inputs, figures: Path) -> list[ReportSect
 def export(ctx: RunContext, result: Evaluation, stage_dir: StageDir) -> None:
     for name, features in result.feature_sets.items():
         if features and name not in SEARCH_FEATURE_SETS:
-            ctx.export_feature_set(name, features, **file_fields(name, result.conditions))
+            ctx.export_feature_set(name, features, **file_fields(result.targeted.get(name)))
 
 
 STAGE = Stage(
