@@ -126,29 +126,37 @@ def check_same_prompts(chat, system: str | None) -> None:
 def measure(run_dir: Path, model: str | None = None, intervention: str = "none", batch_size: int = 16) -> dict:
     """ASR on ``harmful_eval`` and next-token KL on ``harmless_eval``, against the run's model unedited."""
     from refusal_lens.config import ModelConfig
-    from refusal_lens.data.prompts import Prompt
-    from refusal_lens.evaluate import evaluate_prompts
     from refusal_lens.interventions.parse import parse_intervention
-    from refusal_lens.judges import get_judge
-    from refusal_lens.stats import rate_with_interval
-    from refusal_lens.targeting import kl_summary
 
     results = read_run(run_dir)
-    sets = results["prompt_sets"]
     base_config = ModelConfig.model_validate(results["config"]["model"])
     base = base_config.load()
     edited = base if model is None else ModelConfig.model_validate(
         {**base_config.model_dump(), "name": model}).load()
     interventions = parse_intervention(intervention, edited)
-    harmless = [p["text"] for p in sets["harmless_eval"]]
-    base_logits = _batched_logits(base, harmless, [], batch_size)
+    return {"model": model or base_config.name, "intervention": intervention,
+            **measure_loaded(base, edited, interventions, results["prompt_sets"], batch_size)}
+
+
+def measure_loaded(base, edited, interventions, prompt_sets: dict, batch_size: int = 16,
+                   base_logits=None) -> dict:
+    """``measure`` for models already loaded (``base_logits``: the base's harmless_eval logits, if known)."""
+    from refusal_lens.data.prompts import Prompt
+    from refusal_lens.evaluate import evaluate_prompts
+    from refusal_lens.judges import get_judge
+    from refusal_lens.stats import rate_with_interval
+    from refusal_lens.targeting import kl_summary
+
+    harmless = [p["text"] for p in prompt_sets["harmless_eval"]]
+    if base_logits is None:
+        base_logits = _batched_logits(base, harmless, [], batch_size)
     edited_logits = _batched_logits(edited, harmless, interventions, batch_size)
-    harmful = [Prompt(p["id"], p["text"], "eval", p.get("category"), p.get("split")) for p in sets["harmful_eval"]]
+    harmful = [Prompt(p["id"], p["text"], "eval", p.get("category"), p.get("split"))
+               for p in prompt_sets["harmful_eval"]]
     rows = evaluate_prompts(edited, harmful, get_judge("substring"), interventions=interventions,
                             max_new_tokens=MAX_RESPONSE_LENGTH, batch_size=batch_size)
     asr = rate_with_interval([not r.refused for r in rows])
-    return {"model": model or base_config.name, "intervention": intervention,
-            "harmful_refused": sum(r.refused for r in rows), "n_harmful": len(rows),
+    return {"harmful_refused": sum(r.refused for r in rows), "n_harmful": len(rows),
             "asr": asr["rate"], "asr_ci": [asr["ci_low"], asr["ci_high"]],
             "kl": kl_summary(base_logits, edited_logits), "max_new_tokens": MAX_RESPONSE_LENGTH,
             "answers": [r.to_json() for r in rows]}
@@ -163,7 +171,7 @@ def _batched_logits(chat, texts, interventions, batch_size):
                       for i in range(0, len(texts), batch_size)])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("prepare", help="heretic's prompt files and config.toml from a run folder")
@@ -177,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--intervention", default="none", help="as `refusal-lens eval --intervention`")
     m.add_argument("--batch-size", type=int, default=16)
     m.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "prepare":
         print(f"wrote {prepare(args.run_dir, args.out_dir, args.seed, args.n_trials)}")
         return 0

@@ -6,7 +6,7 @@ import pytest
 import tomllib
 from conftest import tiny_llama
 
-from scripts.heretic_comparison import PROMPT_FILES, default_system_text, heretic_config, main, prepare
+from scripts.heretic_comparison import PROMPT_FILES, build_parser, default_system_text, heretic_config, main, prepare
 
 # heretic-llm 1.4.0's Settings fields this script writes (heretic/config.py), and DatasetSpecification's
 HERETIC_SETTINGS = {"model", "dtypes", "device_map", "n_trials", "seed", "max_response_length", "export_strategy",
@@ -82,3 +82,16 @@ def test_measure_another_model(run_dir, tmp_path):
     other.tokenizer.save_pretrained(tmp_path / "other")
     assert main(["measure", str(run_dir), "--model", str(tmp_path / "other"), "--out", str(tmp_path / "o.json")]) == 0
     assert json.loads((tmp_path / "o.json").read_text())["kl"]["mean"] > 0.01
+
+
+def test_the_commands_docs_show_parse():
+    import re
+    import shlex
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "HERETIC.md").read_text()
+    lines = re.findall(r"^python scripts/heretic_comparison\.py (.+)$", doc, flags=re.MULTILINE)
+    assert len(lines) >= 4
+    for line in lines:
+        args, unknown = build_parser().parse_known_args(shlex.split(line))
+        assert not unknown and args.command in ("prepare", "measure"), line

@@ -35,6 +35,7 @@ from refusal_lens.pipeline.search import MinimalSets
 from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
 from refusal_lens.pipeline.store import StageDir
 from refusal_lens.pipeline.targeted import TargetedChoice, file_fields, targeted_methods
+from refusal_lens.pipeline.targeted import report_section as targeted_report
 from refusal_lens.report import ReportSection, img, save_figure, subplots, table
 from refusal_lens.saes import SAESet
 from refusal_lens.stats import rate_with_interval
@@ -261,6 +262,7 @@ def report(result: Evaluation, inputs: Inputs, figures: Path) -> list[ReportSect
             + f"<p>Δ CE: {CAPABILITY_NOTE}.</p>")),
         ReportSection("Refusal-score distributions", img(fig_scores(result, figures), "score histogram")),
         ReportSection("Per prompt", table(rows, ["prompt", *names])),
+        *targeted_report(result.targeted),
     ]
 
 

@@ -26,11 +26,18 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import BaseModel, Field
 
-from refusal_lens.interventions import (FeatureKey, FeatureOp, Intervention, ProjectionGatedFeatureIntervention,
-                                        ScopedFeatureIntervention, ThresholdFeatureIntervention)
+from refusal_lens.interventions import (
+    FeatureKey,
+    FeatureOp,
+    Intervention,
+    ProjectionGatedFeatureIntervention,
+    ScopedFeatureIntervention,
+    ThresholdFeatureIntervention,
+)
 from refusal_lens.pipeline.direction import DIRECTION_FILE
 from refusal_lens.pipeline.prompt_sets import PromptSets, texts
 from refusal_lens.pipeline.stage import RunContext
+from refusal_lens.report import ReportSection, table
 from refusal_lens.scoring import last_position_logits, refusal_score_from_logits
 from refusal_lens.targeting import TokenValues, feature_values, next_token_kl, projection_values
 
@@ -160,3 +167,28 @@ def file_fields(choice: TargetedChoice | None) -> dict:
         fields["projection"] = {"direction": f"../{DIRECTION_FILE}",
                                 "thresholds": {int(L): t for L, t in choice.thresholds.items()}}
     return fields
+
+
+def _edit_name(scale: float, quantile: float | None) -> str:
+    edit = "zero" if scale == 0 else f"×{scale:g}"
+    return edit if quantile is None else f"{edit}, q {quantile:g}"
+
+
+def report_section(choices: dict[str, TargetedChoice]) -> list[ReportSection]:
+    """How each targeted edit was chosen: every candidate's validation scores, the chosen one marked."""
+    if not choices:
+        return []
+    rows = []
+    for name, choice in choices.items():
+        for row in choice.tried:
+            chosen = row.scale == choice.scale and row.quantile == choice.quantile
+            scored = row.val_flip_rate is not None
+            rows.append([name if chosen else "", choice.positions, choice.condition or "–",
+                         _edit_name(row.scale, row.quantile), f"{row.val_flip_rate:.0%}" if scored else "–",
+                         f"{row.val_kl:.4f}" if scored else "–", "chosen" if chosen else ""])
+    return [ReportSection("Targeted edits: chosen on validation prompts", (
+        "<p>Each targeted method is the minimal shared set edited at some positions or under a condition; its "
+        "clamp-multiply factor (and a condition's quantile of harmless training values) is the candidate with the "
+        "lowest next-token KL on the harmless validation prompts among those flipping enough harmful validation "
+        "prompts (evaluation.min_val_flip). Evaluation prompts play no part.</p>"
+        + table(rows, ["method", "positions", "condition", "edit", "harmful val flipped", "harmless val KL", ""])))]
