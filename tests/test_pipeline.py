@@ -132,6 +132,31 @@ def assert_capability_cost_is_the_reference(root, out, saved):
     assert saved["evaluation"]["methods"]["none"]["capability"]["kl_max"] == 0.0
 
 
+def test_targeted_methods_are_evaluated_and_their_files_reproduce_them(setup, full_run):
+    from refusal_lens.interventions.files import load_feature_set
+    from refusal_lens.pipeline.targeted import SCOPES, scale_op
+
+    out, results, necessary = full_run
+    evaluation = results["evaluation"]
+    targeted = [f"minimal_shared_{scope}" for scope in SCOPES] + ["minimal_shared_above_harmless",
+                                                                   "minimal_shared_high_projection"]
+    assert set(targeted) <= set(evaluation.methods) and set(targeted) == set(evaluation.targeted)
+    for name in targeted:
+        choice = evaluation.targeted[name]
+        assert evaluation.methods[name].n_features == len(necessary)
+        loaded = load_feature_set(out / "feature_sets" / f"{name}.json")
+        assert set(loaded.features) == necessary and loaded.positions == choice.positions
+        assert loaded.op == scale_op(choice.scale) and choice.scale in [t.scale for t in choice.tried]
+    assert load_feature_set(out / "feature_sets" / "minimal_shared_generated.json").positions == "generated"
+    choice = evaluation.targeted["minimal_shared_above_harmless"]
+    thresholds = load_feature_set(out / "feature_sets" / "minimal_shared_above_harmless.json").condition
+    assert {f"{L}:{i}": t for (L, i), t in thresholds.feature_thresholds.items()} == choice.thresholds
+    assert len(choice.tried) == 3 * 5  # targeted_scales x threshold_quantiles
+    projection = load_feature_set(out / "feature_sets" / "minimal_shared_high_projection.json").condition
+    assert projection.direction_file == str((out / "direction.safetensors").resolve())
+    assert "minimal_cheap" not in evaluation.methods  # search.cost is "none" here
+
+
 def test_feature_set_files_are_accepted_by_eval(setup, full_run):
     root, config = setup
     out, _, _ = full_run

@@ -43,6 +43,9 @@ def eval_command(
     intervention: Annotated[str, typer.Option(
         help="none | direction:FILE (directional ablation) | addition:FILE (activation addition at "
              "the file's layer) | features:FILE (SAE feature set, see docs/FORMATS.md)")] = "none",
+    positions: Annotated[str | None, typer.Option(
+        help="Where a features:FILE edit acts: all | prompt | post_instruction | generated (overrides the "
+             "file's 'positions'; see docs/FORMATS.md)")] = None,
     judge: Annotated[str, typer.Option(help="substring | refusal_score | harmbench | llamaguard; several, "
                                             "comma-separated, add per-judge ASRs and an agreement table (the "
                                             "first decides `refused`)")] = "substring",
@@ -81,13 +84,15 @@ def eval_command(
     check_output(out, folder=False)
     prompt_set = load_prompts(prompts, dataset, column, split, limit)
     spec = read_intervention_spec(intervention)
+    if positions is not None:
+        check_positions(positions, spec.kind)
     model_config = ModelConfig(name=model or "organism", dtype=dtype or "auto", device=device,
                                device_map=device_map, refusal_tokens=refusal_tokens.split(",") if refusal_tokens else None,
                                chat_template=chat_template, system_prompt=system_prompt, thinking=bool(thinking),
                                family=family)
     console.print(f"Loading [bold]{model_config.name}[/] ...")
     chat_model = model_config.load()
-    interventions = build_interventions(spec, chat_model)
+    interventions = build_interventions(spec, chat_model, positions=positions)
     judges = [_make_judge(name.strip(), chat_model, interventions, judge_device) for name in judge.split(",")]
     results = evaluate_prompts(chat_model, prompt_set, judges[0], interventions=interventions,
                                max_new_tokens=max_new_tokens, batch_size=batch_size, extra_judges=judges[1:])
@@ -95,7 +100,7 @@ def eval_command(
     summary.update(judge_tables(results))
     config = {"model": model_config.model_dump(mode="json"), "prompts": str(prompts) if prompts else None,
               "dataset": dataset, "column": column, "split": split, "limit": limit,
-              "intervention": intervention, "intervention_details": [i.describe() for i in interventions],
+              "intervention": intervention, "positions": positions, "intervention_details": [i.describe() for i in interventions],
               "judge": judge, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
     if capability or mc:
         summary["capability"] = _capability_cost(chat_model, interventions, capability, capability_limit,
@@ -104,6 +109,16 @@ def eval_command(
     summary.update(judge=judge, intervention=intervention, **provenance(config))
     write_json(out, {"results": [r.to_json() for r in results], "summary": summary})
     _print_summary(summary, out)
+
+
+def check_positions(positions: str, kind: str) -> None:
+    from refusal_lens.interventions.files import InterventionFileError
+    from refusal_lens.interventions.positions import POSITION_SCOPES
+
+    if positions not in POSITION_SCOPES:
+        raise InterventionFileError(f"Unknown --positions {positions!r}: use one of {', '.join(POSITION_SCOPES)}.")
+    if kind != "features":
+        raise InterventionFileError("--positions limits a feature edit: use it with --intervention features:FILE.")
 
 
 def _capability_cost(chat_model, interventions, harmless: str | None, limit: int, mc: Path | None,

@@ -4,6 +4,8 @@ from refusal_lens.interventions.base import Intervention, intervene
 from refusal_lens.interventions.direction import ActivationAddition, DirectionalAblation, project_out
 from refusal_lens.interventions.feature_op import FeatureKey, FeatureOp, group_by_layer
 from refusal_lens.interventions.features import FeatureIntervention
+from refusal_lens.interventions.positions import POSITION_SCOPES, PositionScope, ScopedFeatureIntervention
+from refusal_lens.interventions.conditional import ProjectionGatedFeatureIntervention, ThresholdFeatureIntervention
 from refusal_lens.interventions.splice import SpliceFeatureIntervention
 from refusal_lens.saes.slices import SparseSAESlice
 
@@ -11,4 +13,7 @@ __all__ = [
     "ActivationAddition", "DirectionalAblation", "FeatureIntervention", "FeatureKey", "FeatureOp",
     "Intervention", "SparseSAESlice", "SpliceFeatureIntervention", "group_by_layer", "intervene",
     "project_out",
+    # edits that touch less (positions.py, conditional.py)
+    "POSITION_SCOPES", "PositionScope", "ProjectionGatedFeatureIntervention", "ScopedFeatureIntervention",
+    "ThresholdFeatureIntervention",
 ]

@@ -4,7 +4,13 @@ A feature-set file::
 
     {"saes": "organism",                       # or a release[:width[:l0]], or a folder
      "operation": {"kind": "zero"},            # or {"kind": "scale", "value": -3}, {"kind": "set", "value": 20}
-     "features": [{"layer": 12, "feature": 345}, ...]}
+     "features": [{"layer": 12, "feature": 345}, ...],
+     "positions": "post_instruction",          # optional: all (default), prompt, post_instruction, generated
+     "condition": {"kind": "feature_threshold"}}  # optional: each feature then has a "threshold"
+
+or ``"condition": {"kind": "direction_projection", "direction": "../direction.safetensors",
+"thresholds": {"14": 1.5, ...}}`` (the direction file's path relative to this file; one
+threshold per edited layer).
 
 A direction file is a safetensors file with a ``direction`` tensor and ``layer`` in its
 metadata, or JSON ``{"layer": L, "direction": [...]}``.
@@ -13,6 +19,7 @@ metadata, or JSON ``{"layer": L, "direction": [...]}``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +28,26 @@ from safetensors import safe_open
 
 from refusal_lens.artifacts import write_json, write_tensors
 from refusal_lens.interventions.feature_op import FeatureKey, FeatureOp
+from refusal_lens.interventions.positions import POSITION_SCOPES
 
 
 class InterventionFileError(ValueError):
     """A feature-set or direction file that cannot be used."""
+
+
+CONDITIONS = ("feature_threshold", "direction_projection")
+
+
+@dataclass
+class FeatureCondition:
+    """Where a conditional edit acts (``conditional.py``): above per-feature thresholds, or where
+    the projection on ``direction`` is above per-layer thresholds."""
+
+    kind: str
+    feature_thresholds: dict[FeatureKey, float] | None = None
+    direction: torch.Tensor | None = None
+    direction_file: str | None = None
+    layer_thresholds: dict[int, float] | None = None
 
 
 @dataclass
@@ -32,6 +55,8 @@ class FeatureSetFile:
     saes: str
     op: FeatureOp
     features: list[FeatureKey]
+    positions: str = "all"
+    condition: FeatureCondition | None = None
 
 
 @dataclass
@@ -41,11 +66,23 @@ class DirectionFile:
 
 
 def save_feature_set(path: str | Path, features: list[FeatureKey], *, saes: str,
-                     op: FeatureOp | None = None, extra: dict | None = None) -> Path:
+                     op: FeatureOp | None = None, extra: dict | None = None, positions: str = "all",
+                     feature_thresholds: Mapping[FeatureKey, float] | None = None,
+                     projection: Mapping | None = None) -> Path:
+    """``projection``: ``{"direction": path relative to this file, "thresholds": {layer: value}}``."""
     op = op or FeatureOp()
-    payload = {"saes": saes, "operation": op.describe(),
-               "features": [{"layer": int(L), "feature": int(i)} for L, i in features], **(extra or {})}
-    return write_json(path, payload)
+    entries = [{"layer": int(L), "feature": int(i)} for L, i in features]
+    payload = {"saes": saes, "operation": op.describe(), "features": entries}
+    if positions != "all":
+        payload["positions"] = positions
+    if feature_thresholds is not None:
+        payload["condition"] = {"kind": "feature_threshold"}
+        for entry in entries:
+            entry["threshold"] = float(feature_thresholds[(entry["layer"], entry["feature"])])
+    elif projection is not None:
+        payload["condition"] = {"kind": "direction_projection", "direction": str(projection["direction"]),
+                                "thresholds": {str(L): float(t) for L, t in projection["thresholds"].items()}}
+    return write_json(path, {**payload, **(extra or {})})
 
 
 def load_feature_set(path: str | Path) -> FeatureSetFile:
@@ -76,7 +113,36 @@ def load_feature_set(path: str | Path) -> FeatureSetFile:
         op = FeatureOp(kind, float(operation.get("value", 0.0)))
     except (AttributeError, ValueError) as error:
         raise InterventionFileError(f"Bad 'operation' in {path}: {error}") from None
-    return FeatureSetFile(saes=str(payload["saes"]), op=op, features=features)
+    positions = payload.get("positions", "all")
+    if positions not in POSITION_SCOPES:
+        raise InterventionFileError(f"Bad 'positions' {positions!r} in {path}: use one of {', '.join(POSITION_SCOPES)}.")
+    condition = _read_condition(path, payload) if "condition" in payload else None
+    return FeatureSetFile(saes=str(payload["saes"]), op=op, features=features, positions=positions,
+                          condition=condition)
+
+
+def _read_condition(path: Path, payload: dict) -> FeatureCondition:
+    condition = payload["condition"]
+    kind = condition.get("kind") if isinstance(condition, dict) else None
+    if kind not in CONDITIONS:
+        raise InterventionFileError(f"Bad 'condition' in {path}: its 'kind' must be one of {', '.join(CONDITIONS)}.")
+    if kind == "feature_threshold":
+        try:
+            thresholds = {(int(e["layer"]), int(e["feature"])): float(e["threshold"]) for e in payload["features"]}
+        except (KeyError, TypeError, ValueError):
+            raise InterventionFileError(f"A 'feature_threshold' condition in {path} needs a numeric 'threshold' "
+                                        "in every entry of 'features'.") from None
+        return FeatureCondition(kind, feature_thresholds=thresholds)
+    if "direction" not in condition or not isinstance(condition.get("thresholds"), dict):
+        raise InterventionFileError(f"A 'direction_projection' condition in {path} needs 'direction' (a direction "
+                                    "file, relative to this one) and 'thresholds' ({layer: value}).")
+    direction_file = (path.parent / condition["direction"]).resolve()
+    try:
+        thresholds = {int(L): float(t) for L, t in condition["thresholds"].items()}
+    except (TypeError, ValueError):
+        raise InterventionFileError(f"The 'thresholds' of the condition in {path} must map layers to numbers.") from None
+    return FeatureCondition(kind, direction=load_direction(direction_file).direction,
+                            direction_file=str(direction_file), layer_thresholds=thresholds)
 
 
 def save_direction(path: str | Path, direction: torch.Tensor, layer: int | None,

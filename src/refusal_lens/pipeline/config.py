@@ -89,6 +89,15 @@ class SearchConfig(StrictModel):
     shared_flip_fraction: float = Field(0.9, gt=0, le=1, description=(
         "a shared set must keep this fraction of the prompts that the full candidate set flips flipped"))
     rows_per_forward: int = Field(64, ge=1, description="(prompt, feature set) pairs evaluated per forward pass")
+    cost: Literal["none", "harmless_kl"] = Field("none", description=(
+        "none: the paper's search only; harmless_kl: also cheap shared tracks, where capability cost is an "
+        "objective: candidates ordered by their firing rate on harmless training prompts (costliest tried "
+        "first), and a test is dropped when the prompts stay flipped and the mean next-token KL on those "
+        "prompts falls, whatever P(refusal) does (the set `minimal_cheap`)"))
+    cost_prompts: int = Field(16, ge=1, description="harmless training prompts (`prompt_sets.harmless_train`) "
+                                                    "the cheap tracks' cost is measured on")
+    max_harmless_firing: float | None = Field(None, gt=0, le=1, description=(
+        "cheap tracks leave out candidates that fire on more than this share of the harmless tokens"))
 
 
 class InteractionsConfig(StrictModel):
@@ -108,6 +117,24 @@ class EvaluationConfig(StrictModel):
     max_new_tokens: int = Field(64, ge=1, description="greedy answer length (also the verification's)")
     n_random_sets: int = Field(3, ge=1, description="random control sets matched to the minimal set")
     batch_size: int = Field(16, ge=1, description="prompts per batch of generation (also the verification's)")
+    targeted: bool = Field(True, description=(
+        "also evaluate the minimal shared set edited where it is needed only: at prompt / post-instruction / "
+        "generated positions, above harmless feature levels, where the direction's projection is high"))
+    targeted_scales: list[float] = Field(default_factory=lambda: [0.0, -1.0, -3.0], min_length=1, description=(
+        "clamp-multiply factors the targeted edits are chosen among (0: zero-ablation)"))
+    threshold_quantiles: list[float] = Field(default_factory=lambda: [1.0, 0.99, 0.98, 0.95, 0.9], min_length=1,
+                                             description=(
+        "quantiles of harmless training prompts' values the conditional edits' thresholds are chosen among"))
+    min_val_flip: float = Field(0.9, ge=0, le=1, description=(
+        "each targeted edit is the candidate with the lowest harmless validation KL among those flipping this "
+        "share of the harmful validation prompts (else the one flipping most)"))
+
+    @field_validator("threshold_quantiles")
+    @classmethod
+    def _quantiles(cls, value: list[float]) -> list[float]:
+        if any(not 0 <= q <= 1 for q in value):
+            raise ValueError("evaluation.threshold_quantiles must lie in [0, 1]")
+        return value
 
     @field_validator("judge")
     @classmethod

@@ -2,12 +2,13 @@
 
 Methods: no intervention, directional ablation, the minimal shared set (∩ and ∪ over seeds),
 the minimal set with the top-K interacting features and those alone, and random sets matched
-in size and layers (the control). Each gets the judge's attack success rate and the
-refusal-score flip rate with 95% Wilson intervals, and its capability cost on held-out harmless
-prompts: the rise in cross-entropy of the unmodified model's own greedy answers, and the KL
-divergence of the next-token distribution at the last prompt position (heretic's damage
-metric), with the share of prompts whose most likely next token is unchanged. The report
-plots every method on one ASR-vs-KL chart.
+in size and layers (the control); the cheap search's set (``search.cost``) and the minimal
+set edited where it is needed only (``pipeline/targeted.py``, ``evaluation.targeted``). Each
+gets the judge's attack success rate and the refusal-score flip rate with 95% Wilson intervals,
+and its capability cost on held-out harmless prompts: the rise in cross-entropy of the
+unmodified model's own greedy answers, and the KL divergence of the next-token distribution at
+the last prompt position (heretic's damage metric), with the share of prompts whose most likely
+next token is unchanged. The report plots every method on one ASR-vs-KL chart.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ from refusal_lens.pipeline.prompt_sets import PromptSets, ScoredPrompt, texts
 from refusal_lens.pipeline.search import MinimalSets
 from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
 from refusal_lens.pipeline.store import StageDir
+from refusal_lens.pipeline.targeted import TargetedChoice, file_fields, targeted_methods
+from refusal_lens.pipeline.targeted import report_section as targeted_report
 from refusal_lens.report import ReportSection, img, save_figure, subplots, table
 from refusal_lens.saes import SAESet
 from refusal_lens.stats import rate_with_interval
 
-SEARCH_FEATURE_SETS = ("minimal_shared", "minimal_shared_union")  # their files are the search stage's
+SEARCH_FEATURE_SETS = ("minimal_shared", "minimal_shared_union", "minimal_cheap")  # their files are the search stage's
 MAIN_METHODS = ("none", "directional_ablation", "minimal_shared", "interaction", "random_1")  # in the figures
 
 
@@ -113,6 +116,9 @@ class Evaluation(BaseModel):
     feature_sets: dict[str, list[FeatureKey]] = Field(description="method → the features it ablates")
     per_prompt: dict[str, list[PromptOutcome]] = Field(description="method → one outcome per held-out prompt")
     capability: CapabilityRun | None = Field(description="null with `data.n_capability = 0`")
+    targeted: dict[str, TargetedChoice] = Field(default_factory=dict, description=(
+        "targeted method → its positions, condition, factor and thresholds, and the validation scores "
+        "they were chosen by (`pipeline/targeted.py`)"))
 
 
 def evaluation_methods(ctx: RunContext, inputs: Inputs) -> tuple[dict, dict[str, list[FeatureKey]]]:
@@ -128,6 +134,7 @@ def evaluation_methods(ctx: RunContext, inputs: Inputs) -> tuple[dict, dict[str,
         methods[alternative.method] = [DirectionalAblation(vector, layers=alternative.layers)]
     feature_sets = {"minimal_shared": minimal,
                     "minimal_shared_union": list(search.shared.union),
+                    "minimal_cheap": search.minimal_cheap(),
                     "interaction": sorted(set(minimal) | set(fm_top)),
                     "interaction_only": fm_top}
     for i, random_set in enumerate(matched_random_sets(ctx.saes, minimal, ctx.config.evaluation.n_random_sets,
@@ -137,6 +144,18 @@ def evaluation_methods(ctx: RunContext, inputs: Inputs) -> tuple[dict, dict[str,
         if features:
             methods[name] = [FeatureIntervention(ctx.saes, features)]
     return methods, feature_sets
+
+
+def add_targeted_methods(ctx: RunContext, inputs: Inputs, methods: dict,
+                         feature_sets: dict[str, list[FeatureKey]]) -> dict[str, TargetedChoice]:
+    """The minimal shared set edited where it is needed only, added to ``methods``."""
+    minimal = feature_sets["minimal_shared"]
+    if not ctx.config.evaluation.targeted or not minimal:
+        return {}
+    targeted = targeted_methods(ctx, inputs["prompt_sets"], load_vector(inputs.dir("direction")), minimal)
+    methods.update(targeted.interventions)
+    feature_sets.update({name: list(minimal) for name in targeted.interventions})
+    return targeted.choices
 
 
 def capability_cost(ctx: RunContext, harmless: list[ScoredPrompt], methods: dict) -> CapabilityRun | None:
@@ -168,6 +187,7 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> Evaluation:
     eval_prompts = [p.as_prompt("eval") for p in sets.harmful_eval]
     judge = get_judge(config.judge)
     methods, feature_sets = evaluation_methods(ctx, inputs)
+    targeted = add_targeted_methods(ctx, inputs, methods, feature_sets)
     results, per_prompt = {}, {}
     for name, interventions in methods.items():
         ctx.console.print(f"  evaluating [bold]{name}[/] on {len(eval_prompts)} held-out prompts")
@@ -184,7 +204,8 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> Evaluation:
     capability = capability_cost(ctx, sets.harmless_eval, methods)
     for name, cost in (capability.methods if capability else {}).items():
         results[name].capability = cost
-    return Evaluation(methods=results, feature_sets=feature_sets, per_prompt=per_prompt, capability=capability)
+    return Evaluation(methods=results, feature_sets=feature_sets, per_prompt=per_prompt, capability=capability,
+                      targeted=targeted)
 
 
 # --- what it shows ------------------------------------------------------------------------
@@ -305,13 +326,14 @@ def report(result: Evaluation, inputs: Inputs, figures: Path) -> list[ReportSect
                       img(fig_pareto(result, figures), "ASR-vs-KL chart")),
         ReportSection("Refusal-score distributions", img(fig_scores(result, figures), "score histogram")),
         ReportSection("Per prompt", table(rows, ["prompt", *names])),
+        *targeted_report(result.targeted),
     ]
 
 
 def export(ctx: RunContext, result: Evaluation, stage_dir: StageDir) -> None:
     for name, features in result.feature_sets.items():
         if features and name not in SEARCH_FEATURE_SETS:
-            ctx.export_feature_set(name, features)
+            ctx.export_feature_set(name, features, **file_fields(result.targeted.get(name)))
 
 
 STAGE = Stage(

@@ -11,6 +11,14 @@ ablate ``S \\ T``; if the prompts stay flipped and the relative change of P(refu
 below ``tau``, drop ``T`` for good; otherwise, if ``T`` was a block, queue its members one
 by one. What remains is minimal with respect to block and single removals.
 
+With ``search.cost = "harmless_kl"`` the stage adds *cheap* tracks (``cheap/seed<s>``) over the
+same prompts, where capability cost is an objective: the candidates are ordered by their
+firing rate on harmless training prompts (costliest first, the seed breaking ties), and a
+test whose removal keeps the prompts flipped *and lowers the mean next-token KL on those
+harmless prompts* is dropped even when P(refusal) moves by more than ``tau``. A feature then
+stays only if the flip needs it, or if it matters for P(refusal) and costs nothing. The
+paper's tracks run unchanged beside them.
+
 The stage saves the tracks after every step (``checkpoint.json``): a killed search resumes
 where it stopped. Its result combines each prompt's and the shared tracks over seeds.
 """
@@ -20,7 +28,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +46,7 @@ from refusal_lens.progress import make_progress
 from refusal_lens.report import ReportSection, img, save_figure, subplots
 from refusal_lens.saes import SAESet
 from refusal_lens.scoring import refusal_score_from_logits
+from refusal_lens.targeting import HarmlessActivity, harmless_activity, next_token_kl
 
 CHECKPOINT = "checkpoint.json"
 
@@ -54,12 +63,14 @@ class Track:
     p_refusal: float = 1.0             # mean P(refusal) over targets with S ablated
     status: str = "running"            # running | done | not_flippable
     steps: int = 0
+    cheap: bool = False                # capability cost is an objective (see the module's docstring)
+    kl: float | None = None            # cheap tracks: mean harmless next-token KL with S ablated
 
     def to_json(self) -> dict:
         return {"name": self.name, "seed": self.seed, "prompts": self.prompts, "status": self.status,
                 "steps": self.steps, "p_refusal": self.p_refusal, "targets": self.targets,
                 "flip_fraction": self.flip_fraction, "features": [list(f) for f in sorted(self.current)],
-                "queue": [[list(f) for f in test] for test in self.queue]}
+                "queue": [[list(f) for f in test] for test in self.queue], "cheap": self.cheap, "kl": self.kl}
 
 
 @dataclass
@@ -79,34 +90,60 @@ class SetEvaluator:
         self.forward_passes = 0
         self.rows = 0
 
-    def __call__(self, pairs: Sequence[tuple[int, Sequence[FeatureKey]]]) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, probs = [], []
+    def logits(self, pairs: Sequence[tuple[int, Sequence[FeatureKey]]]) -> Iterator[torch.Tensor]:
+        """Last-position logits (float32) of the pairs, one chunk of ``rows_per_forward`` at a time."""
         for start in range(0, len(pairs), self.rows_per_forward):
             chunk = pairs[start:start + self.rows_per_forward]
             rows = torch.tensor([prompt for prompt, _ in chunk])
             sets = [features for _, features in chunk]
             interventions = ([FeatureIntervention.for_rows(self.saes, sets, self.op, universe=self.universe)]
                              if any(sets) else [])
-            logits = last_logits_from_cache(self.chat_model, self.cache, rows, interventions).float()
+            yield last_logits_from_cache(self.chat_model, self.cache, rows, interventions).float()
+            self.forward_passes += 1
+            self.rows += len(chunk)
+
+    def __call__(self, pairs: Sequence[tuple[int, Sequence[FeatureKey]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, probs = [], []
+        for logits in self.logits(pairs):
             score = refusal_score_from_logits(logits, self.chat_model.refusal_token_ids)
             scores.append(score.cpu())
             probs.append(torch.sigmoid(score).cpu())  # score is the log-odds of P(refusal)
-            self.forward_passes += 1
-            self.rows += len(chunk)
         if not pairs:  # e.g. a resumed search: every track already past its first test
             return torch.empty(0), torch.empty(0)
         return torch.cat(scores), torch.cat(probs)
 
 
-def _blocks(features: Sequence[FeatureKey], size: int, seed: int) -> list[list[FeatureKey]]:
+class HarmlessKL:
+    """Mean next-token KL (last prompt position, base vs edited) over harmless training prompts,
+    of many feature sets, from a prefix cache of those prompts."""
+
+    def __init__(self, evaluate: SetEvaluator):
+        self.evaluate = evaluate
+        self.n_prompts = evaluate.cache.hidden.shape[0]
+        self.base = torch.cat(list(evaluate.logits([(p, []) for p in range(self.n_prompts)])))
+
+    def __call__(self, sets: Sequence[Sequence[FeatureKey]]) -> list[float]:
+        pairs = [(p, s) for s in sets for p in range(self.n_prompts)]
+        logits = torch.cat(list(self.evaluate.logits(pairs))) if pairs else torch.empty(0)
+        kl = next_token_kl(self.base.repeat(len(sets), 1), logits) if pairs else logits
+        return kl.view(len(sets), self.n_prompts).mean(1).tolist() if sets else []
+
+
+def _blocks(features: Sequence[FeatureKey], size: int, seed: int,
+            cost: Mapping[FeatureKey, float] | None = None) -> list[list[FeatureKey]]:
+    """Blocks in a seeded random order; with ``cost``, costliest first (the seed breaks ties)."""
     order = sorted(features)
     random.Random(seed).shuffle(order)
+    if cost is not None:
+        order.sort(key=lambda f: -cost[f])  # stable: ties keep the seeded order
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
 def make_tracks(n_prompts: int, candidates: Sequence[FeatureKey], seeds: Sequence[int], *,
                 per_prompt: bool, shared: bool, shared_flip_fraction: float,
-                per_prompt_limit: int | None = None) -> list[Track]:
+                per_prompt_limit: int | None = None,
+                cheap_candidates: Sequence[FeatureKey] | None = None) -> list[Track]:
+    """The paper's tracks, and cheap shared tracks from ``cheap_candidates`` when given."""
     tracks = []
     own = range(min(n_prompts, per_prompt_limit or n_prompts))
     for seed in seeds:
@@ -115,6 +152,9 @@ def make_tracks(n_prompts: int, candidates: Sequence[FeatureKey], seeds: Sequenc
         if shared:
             tracks.append(Track(f"shared/seed{seed}", seed, list(range(n_prompts)), shared_flip_fraction,
                                 list(candidates)))
+        if cheap_candidates is not None:
+            tracks.append(Track(f"cheap/seed{seed}", seed, list(range(n_prompts)), shared_flip_fraction,
+                                list(cheap_candidates), cheap=True))
     return tracks
 
 
@@ -130,21 +170,43 @@ def _evaluate_tracks(evaluate: SetEvaluator, tracks: list[Track],
     return out
 
 
-def _accepts(track: Track, result: Evaluation, tau: float) -> tuple[bool, float]:
-    """Whether removing the test keeps the track flipped with a small change of P(refusal)."""
+MIN_KL_DROP = 1e-4  # a cheaper set must lower the harmless KL by more than float noise
+
+
+def _accepts(track: Track, result: Evaluation, tau: float, kl_new: float | None = None) -> tuple[bool, float]:
+    """Whether removing the test keeps the track flipped with a small change of P(refusal) or,
+    on a cheap track, with a lower harmless KL."""
     index = [track.prompts.index(p) for p in track.targets]
     flipped = (result.scores[index] < 0).float().mean().item()
     p_new = result.p_refusal[index].mean().item()
     relative_change = (p_new - track.p_refusal) / max(track.p_refusal, 1e-12)
-    return flipped >= track.flip_fraction - 1e-9 and relative_change < tau, p_new
+    cheaper = kl_new is not None and track.kl is not None and kl_new < track.kl - MIN_KL_DROP
+    return flipped >= track.flip_fraction - 1e-9 and (relative_change < tau or cheaper), p_new
+
+
+def _costs(harmless_kl: HarmlessKL | None, tracks: list[Track], sets: list[list[FeatureKey]]) -> list[float | None]:
+    """The harmless KL of each cheap track's set (None for the others)."""
+    cheap = [j for j, t in enumerate(tracks) if t.cheap]
+    if not cheap:
+        return [None] * len(tracks)
+    if harmless_kl is None:
+        raise ValueError("Cheap tracks need harmless prompts to measure their cost on.")
+    values = dict(zip(cheap, harmless_kl([sets[j] for j in cheap])))
+    return [values.get(j) for j in range(len(tracks))]
 
 
 def run_greedy(evaluate: SetEvaluator, tracks: list[Track], *, block_size: int, tau: float,
-               on_step: Callable[[list[Track]], None] | None = None) -> list[Track]:
-    """Advance every track to a minimal set. ``on_step`` sees the tracks after each step."""
+               on_step: Callable[[list[Track]], None] | None = None, harmless_kl: HarmlessKL | None = None,
+               cost: Mapping[FeatureKey, float] | None = None) -> list[Track]:
+    """Advance every track to a minimal set. ``on_step`` sees the tracks after each step.
+
+    Cheap tracks need ``harmless_kl`` (their cost) and ``cost`` (each candidate's firing rate
+    on harmless prompts, which orders their blocks).
+    """
     # a. ablating all candidates must flip the track's prompts
     fresh = [t for t in tracks if t.status == "running" and not t.targets]
-    for track, result in zip(fresh, _evaluate_tracks(evaluate, fresh, [t.current for t in fresh])):
+    kls = _costs(harmless_kl, fresh, [t.current for t in fresh])
+    for track, result, kl in zip(fresh, _evaluate_tracks(evaluate, fresh, [t.current for t in fresh]), kls):
         flipped = [p for p, s in zip(track.prompts, result.scores.tolist()) if s < 0]
         if not flipped or len(flipped) < track.flip_fraction * len(track.prompts) * 0.5:
             track.status = "not_flippable"
@@ -152,7 +214,8 @@ def run_greedy(evaluate: SetEvaluator, tracks: list[Track], *, block_size: int, 
         track.targets = flipped
         index = [track.prompts.index(p) for p in flipped]
         track.p_refusal = result.p_refusal[index].mean().item()
-        track.queue = _blocks(track.current, block_size, track.seed)
+        track.kl = kl
+        track.queue = _blocks(track.current, block_size, track.seed, cost if track.cheap else None)
     # b. blocks, then the members of blocks that could not go
     while True:
         live = [t for t in tracks if t.status == "running" and t.queue]
@@ -163,12 +226,13 @@ def run_greedy(evaluate: SetEvaluator, tracks: list[Track], *, block_size: int, 
             break
         tests = [t.queue.pop(0) for t in live]
         trial_sets = [[f for f in t.current if f not in set(test)] for t, test in zip(live, tests)]
-        for track, test, trial, result in zip(live, tests, trial_sets,
-                                              _evaluate_tracks(evaluate, live, trial_sets)):
+        kls = _costs(harmless_kl, live, trial_sets)
+        for track, test, trial, result, kl in zip(live, tests, trial_sets,
+                                                  _evaluate_tracks(evaluate, live, trial_sets), kls):
             track.steps += 1
-            accepted, p_new = _accepts(track, result, tau)
+            accepted, p_new = _accepts(track, result, tau, kl)
             if accepted:
-                track.current, track.p_refusal = trial, p_new
+                track.current, track.p_refusal, track.kl = trial, p_new, kl
             elif len(test) > 1:
                 track.queue[:0] = [[f] for f in test]
         if on_step is not None:
@@ -182,6 +246,17 @@ class SearchOutcome:
     forward_passes: int
     rows: int
     wall_time_s: float
+    activity: HarmlessActivity | None = None              # the candidates' harmless firing (cheap tracks)
+    final_kl: dict[str, float] = field(default_factory=dict)  # track name → harmless KL of its final set
+    n_cost_prompts: int = 0
+    n_cheap_candidates: int = 0
+
+
+def _cost_model(chat_model: ChatModel, saes: SAESet, harmless: Sequence[str], candidates: Sequence[FeatureKey],
+                start_layer: int, op: FeatureOp, rows_per_forward: int) -> tuple[HarmlessActivity, HarmlessKL]:
+    activity = harmless_activity(chat_model, saes, candidates, harmless)
+    cache = build_prefix_cache(chat_model, harmless, start_layer)
+    return activity, HarmlessKL(SetEvaluator(chat_model, saes, cache, op, rows_per_forward, universe=candidates))
 
 
 def greedy_minimal_sets(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str],
@@ -190,18 +265,33 @@ def greedy_minimal_sets(chat_model: ChatModel, saes: SAESet, instructions: Seque
                         shared_flip_fraction: float = 0.9, per_prompt_limit: int | None = None,
                         rows_per_forward: int = 64,
                         op: FeatureOp | None = None, tracks: list[Track] | None = None,
-                        on_step: Callable[[list[Track]], None] | None = None) -> SearchOutcome:
+                        on_step: Callable[[list[Track]], None] | None = None,
+                        harmless: Sequence[str] = (), cheap: bool = False,
+                        max_harmless_firing: float | None = None) -> SearchOutcome:
     """Minimal ablation sets for each prompt and/or shared by all, for every seed.
 
+    With ``cheap``, cheap shared tracks too (the module's docstring), their cost measured on
+    ``harmless`` (training prompts, never evaluation ones); their candidates leave out those
+    firing on more than ``max_harmless_firing`` of the harmless tokens.
     Pass ``tracks`` (e.g. reloaded from a checkpoint) to resume a search.
     """
     started = time.perf_counter()
+    op = op or FeatureOp("zero")
     start_layer = min(layer for layer, _ in candidates)
     cache = build_prefix_cache(chat_model, instructions, start_layer)
-    evaluate = SetEvaluator(chat_model, saes, cache, op or FeatureOp("zero"), rows_per_forward, universe=candidates)
+    evaluate = SetEvaluator(chat_model, saes, cache, op, rows_per_forward, universe=candidates)
+    activity = kl = None
+    if cheap or any(t.cheap for t in tracks or ()):
+        if not harmless:
+            raise ValueError("A cheap search needs harmless training prompts to measure its cost on.")
+        activity, kl = _cost_model(chat_model, saes, harmless, candidates, start_layer, op, rows_per_forward)
+    cost = {key: activity.cost(key) for key in candidates} if activity else None
+    limit = 1.0 if max_harmless_firing is None else max_harmless_firing
+    cheap_candidates = [key for key in candidates if cost[key] <= limit] if cost else None
     if tracks is None:
         tracks = make_tracks(len(instructions), candidates, seeds, per_prompt=per_prompt, shared=shared,
-                             shared_flip_fraction=shared_flip_fraction, per_prompt_limit=per_prompt_limit)
+                             shared_flip_fraction=shared_flip_fraction, per_prompt_limit=per_prompt_limit,
+                             cheap_candidates=cheap_candidates if cheap else None)
     with make_progress() as progress:
         task = progress.add_task(f"greedy search ({len(tracks)} tracks)", total=None)
 
@@ -212,8 +302,14 @@ def greedy_minimal_sets(chat_model: ChatModel, saes: SAESet, instructions: Seque
             if on_step is not None:
                 on_step(ts)
 
-        run_greedy(evaluate, tracks, block_size=block_size, tau=tau, on_step=step)
-    return SearchOutcome(tracks, evaluate.forward_passes, evaluate.rows, time.perf_counter() - started)
+        run_greedy(evaluate, tracks, block_size=block_size, tau=tau, on_step=step, harmless_kl=kl, cost=cost)
+    final_kl = {}
+    if kl is not None:
+        finished = [t for t in tracks if t.status == "done" and not t.name.startswith("prompt")]
+        final_kl = dict(zip([t.name for t in finished], kl([t.current for t in finished])))
+    return SearchOutcome(tracks, evaluate.forward_passes, evaluate.rows, time.perf_counter() - started,
+                         activity, final_kl, len(harmless) if activity else 0,
+                         len(cheap_candidates) if cheap_candidates is not None else 0)
 
 
 def track_from_json(payload: dict) -> Track:
@@ -221,7 +317,8 @@ def track_from_json(payload: dict) -> Track:
     return Track(payload["name"], payload["seed"], payload["prompts"], payload["flip_fraction"],
                  [tuple(f) for f in payload["features"]],
                  queue=[[tuple(f) for f in test] for test in payload["queue"]], status=payload["status"],
-                 targets=payload["targets"], p_refusal=payload["p_refusal"], steps=payload["steps"])
+                 targets=payload["targets"], p_refusal=payload["p_refusal"], steps=payload["steps"],
+                 cheap=payload.get("cheap", False), kl=payload.get("kl"))
 
 
 def combine_seeds(sets: Sequence[Sequence[FeatureKey]]) -> tuple[list[FeatureKey], list[FeatureKey]]:
@@ -253,6 +350,24 @@ class SavedTrack(BaseModel):
     targets: list[int] = Field(description="the prompts that ablating every candidate flipped")
     flip_fraction: float = Field(description="share of `targets` that must stay flipped")
     features: list[FeatureKey] = Field(description="the track's final set")
+    cheap: bool = Field(False, description="a cheap track (`search.cost = \"harmless_kl\"`)")
+    harmless_kl: float | None = Field(None, description="mean next-token KL of its final set on the cost prompts "
+                                                        "(shared and cheap tracks, with `search.cost` set)")
+
+
+class CandidateCost(BaseModel):
+    layer: int = Field(description="the SAE's layer")
+    feature: int = Field(description="the feature's index")
+    firing_rate: float = Field(description="share of the harmless cost prompts' tokens where it is > 0")
+    mean_activation: float = Field(description="its mean activation over those tokens")
+
+
+class HarmlessCost(BaseModel):
+    n_prompts: int = Field(description="harmless training prompts the cost is measured on (`search.cost_prompts`)")
+    candidates: list[CandidateCost] = Field(description="every candidate's activity on them")
+    n_cheap_candidates: int = Field(description="candidates of the cheap tracks (`search.max_harmless_firing`)")
+    shared_kl: dict[int, float] = Field(description="seed → harmless KL of the paper's shared set")
+    cheap_kl: dict[int, float] = Field(description="seed → harmless KL of the cheap set")
 
 
 class GreedyLoopCost(BaseModel):
@@ -269,10 +384,17 @@ class MinimalSets(BaseModel):
     not_flippable: list[str] = Field(description="prompt ids whose candidates could not flip them")
     tracks: list[SavedTrack] = Field(description="every greedy search, as it ended")
     greedy_loop: GreedyLoopCost = Field(description="the cost of the greedy loop alone")
+    cheap: SeedCombination | None = Field(None, description="the cheap shared set (`search.cost = "
+                                                            "\"harmless_kl\"`), null otherwise")
+    harmless_cost: HarmlessCost | None = Field(None, description="what the cheap tracks measured, null without them")
 
     def minimal_shared(self) -> list[FeatureKey]:
         """The shared set the later stages use: the intersection over seeds, or the union when that is empty."""
         return list(self.shared.intersection or self.shared.union)
+
+    def minimal_cheap(self) -> list[FeatureKey]:
+        """The cheap shared set (∩ seeds, or ∪ when that is empty); empty without cheap tracks."""
+        return list(self.cheap.intersection or self.cheap.union) if self.cheap else []
 
 
 def _combine(tracks: Sequence[Track]) -> dict:
@@ -290,12 +412,30 @@ def minimal_sets(outcome: SearchOutcome, prompt_ids: Sequence[str]) -> MinimalSe
             flippable = [t for t in own if t.status == "done"]
             per_prompt[prompt_id] = PromptMinimalSet(**_combine(flippable), flippable=bool(flippable))
     shared = [t for t in tracks if t.name.startswith("shared") and t.status == "done"]
+    cheap = [t for t in tracks if t.cheap and t.status == "done"]
     return MinimalSets(
         shared=SeedCombination(**_combine(shared)), per_prompt=per_prompt,
         not_flippable=[pid for pid, v in per_prompt.items() if not v.flippable],
-        tracks=[SavedTrack.model_validate(t.to_json()) for t in tracks],
+        tracks=[SavedTrack.model_validate({**t.to_json(), "harmless_kl": outcome.final_kl.get(t.name)})
+                for t in tracks],
         greedy_loop=GreedyLoopCost(forward_passes=outcome.forward_passes, rows=outcome.rows,
-                                   wall_time_s=outcome.wall_time_s))
+                                   wall_time_s=outcome.wall_time_s),
+        cheap=SeedCombination(**_combine(cheap)) if any(t.cheap for t in tracks) else None,
+        harmless_cost=_harmless_cost(outcome) if outcome.activity is not None else None)
+
+
+def _harmless_cost(outcome: SearchOutcome) -> HarmlessCost:
+    activity = outcome.activity
+    by_kind = {kind: {t.seed: outcome.final_kl[t.name] for t in outcome.tracks
+                      if t.name.startswith(kind) and t.name in outcome.final_kl} for kind in ("shared", "cheap")}
+    cheap_track = next((t for t in outcome.tracks if t.cheap), None)
+    return HarmlessCost(
+        n_prompts=outcome.n_cost_prompts,
+        candidates=[CandidateCost(layer=L, feature=i, firing_rate=float(activity.firing_rate[j]),
+                                  mean_activation=float(activity.mean_activation[j]))
+                    for j, (L, i) in enumerate(activity.keys)],
+        n_cheap_candidates=outcome.n_cheap_candidates if cheap_track else 0,
+        shared_kl=by_kind["shared"], cheap_kl=by_kind["cheap"])
 
 
 def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> MinimalSets:
@@ -313,13 +453,28 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> MinimalSets:
         block_size=config.block_size, tau=config.tau, per_prompt=config.per_prompt, shared=config.shared,
         shared_flip_fraction=config.shared_flip_fraction, per_prompt_limit=config.per_prompt_limit,
         rows_per_forward=config.rows_per_forward,
-        tracks=tracks, on_step=lambda ts: out.save_json(CHECKPOINT, [t.to_json() for t in ts]))
+        tracks=tracks, on_step=lambda ts: out.save_json(CHECKPOINT, [t.to_json() for t in ts]),
+        harmless=texts(sets.harmless_train)[:config.cost_prompts], cheap=config.cost == "harmless_kl",
+        max_harmless_firing=config.max_harmless_firing)
     return minimal_sets(outcome, [p.id for p in prompts])
 
 
 def summary(result: MinimalSets) -> list[str]:
-    return [f"Minimal shared set: {len(result.shared.intersection)} features "
-            f"(union over seeds {len(result.shared.union)})"]
+    lines = [(f"Minimal shared set: {len(result.shared.intersection)} features "
+              f"(union over seeds {len(result.shared.union)})")]
+    if result.cheap is not None:
+        lines.append(f"Cheap shared set: {len(result.cheap.intersection)} features "
+                     f"(union {len(result.cheap.union)}){_kl_note(result)}")
+    return lines
+
+
+def _kl_note(result: MinimalSets) -> str:
+    cost = result.harmless_cost
+    if cost is None or not cost.shared_kl or not cost.cheap_kl:
+        return ""
+    cheap, shared = (sum(kl.values()) / len(kl) for kl in (cost.cheap_kl, cost.shared_kl))
+    return (f"; harmless-train KL {cheap:.3f} vs {shared:.3f} for the paper's set (mean over seeds, "
+            f"{cost.n_prompts} prompts)")
 
 
 def fig_features_per_layer(result: MinimalSets, candidate_layers: list[int], folder: Path) -> str:
@@ -346,12 +501,14 @@ def report(result: MinimalSets, inputs: Inputs, figures: Path) -> list[ReportSec
         f"<p>Shared (intersection over seeds): {len(result.shared.intersection)} features; union: "
         f"{len(result.shared.union)}, from {len(candidates.features)} candidates. Prompts not flippable with "
         f"these candidates: {len(result.not_flippable)}.{per_prompt}</p>"
+        + (f"<p>Cheap shared set (capability cost as an objective, `search.cost`): {len(result.cheap.intersection)} "
+           f"features (∩ seeds), {len(result.cheap.union)} (∪){_kl_note(result)}.</p>" if result.cheap else "")
         + img(fig_features_per_layer(result, candidates.layers(), figures), "features per layer")))]
 
 
 def export(ctx: RunContext, result: MinimalSets, stage_dir: StageDir) -> None:
     for name, features in (("minimal_shared", result.shared.intersection),
-                           ("minimal_shared_union", result.shared.union)):
+                           ("minimal_shared_union", result.shared.union), ("minimal_cheap", result.minimal_cheap())):
         if features:
             ctx.export_feature_set(name, features)
 

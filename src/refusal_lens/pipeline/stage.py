@@ -45,10 +45,12 @@ class RunContext:
         self.console.print(f"Loading model [bold]{self.config.model.name}[/] ...")
         return self.config.model.load()
 
-    def export_feature_set(self, name: str, features: Sequence[FeatureKey], op: FeatureOp = FeatureOp("zero")) -> None:
-        """``<run>/feature_sets/<name>.json``, which ``refusal-lens eval --intervention features:FILE`` reads."""
+    def export_feature_set(self, name: str, features: Sequence[FeatureKey], op: FeatureOp = FeatureOp("zero"),
+                           **file_fields) -> None:
+        """``<run>/feature_sets/<name>.json``, which ``refusal-lens eval --intervention features:FILE`` reads
+        (``file_fields``: a scope or condition, see ``save_feature_set``)."""
         save_feature_set(self.out_dir / "feature_sets" / f"{name}.json", list(features),
-                         saes=self.config.saes.source, op=op)
+                         saes=self.config.saes.source, op=op, **file_fields)
 
     @cached_property
     def saes(self) -> SAESet:

@@ -1,0 +1,95 @@
+"""The cheap search: capability cost (harmless next-token KL) as an objective of the greedy test."""
+
+import torch
+from conftest import PROMPTS
+from sae_factory import make_sae
+
+from refusal_lens.interventions import FeatureIntervention, FeatureOp
+from refusal_lens.pipeline.search import (
+    HarmlessKL,
+    SetEvaluator,
+    _blocks,
+    greedy_minimal_sets,
+    make_tracks,
+    minimal_sets,
+    run_greedy,
+    track_from_json,
+)
+from refusal_lens.prefix_cache import build_prefix_cache
+from refusal_lens.saes import SAESet
+from refusal_lens.scoring import last_position_logits
+from refusal_lens.targeting import next_token_kl
+
+CANDIDATES = [(layer, i) for layer in (1, 2) for i in range(12)]
+NECESSARY = [(1, 3), (2, 7)]      # the flip needs both
+HELPERS = {(1, 5): 2.0, (2, 2): 2.0}  # each lowers the refusal score a lot, neither is needed to flip
+COST = {key: 0.0 for key in CANDIDATES} | {(1, 5): 0.5, (1, 3): 0.9, (2, 9): 0.2}  # (2, 2) is silent
+
+
+def scripted_evaluate(pairs):
+    scores = []
+    for _, features in pairs:
+        features = set(map(tuple, features))
+        score = 5.0 * len(set(NECESSARY) - features) - 1.0 - sum(v for k, v in HELPERS.items() if k in features)
+        scores.append(score + 0.001 * len(features))
+    scores = torch.tensor(scores)
+    return scores, torch.sigmoid(scores)
+
+
+def scripted_kl(sets):
+    return [sum(COST[tuple(f)] for f in s) for s in sets]
+
+
+def test_cheap_tracks_drop_costly_features_the_flip_does_not_need():
+    tracks = make_tracks(2, CANDIDATES, [0, 1], per_prompt=False, shared=True, shared_flip_fraction=1.0,
+                         cheap_candidates=CANDIDATES)
+    run_greedy(scripted_evaluate, tracks, block_size=5, tau=0.5, harmless_kl=scripted_kl, cost=COST)
+    for track in tracks:
+        assert track.status == "done"
+        if track.cheap:  # the costly helper goes, the silent one stays (tau), the costly necessary one stays
+            assert sorted(track.current) == [(1, 3), (2, 2), (2, 7)]
+            assert track.kl == scripted_kl([track.current])[0]
+        else:  # the paper's test keeps both helpers: removing either moves P(refusal) by more than tau
+            assert sorted(track.current) == [(1, 3), (1, 5), (2, 2), (2, 7)] and track.kl is None
+
+
+def test_cheap_blocks_try_the_costliest_first():
+    blocks = _blocks(CANDIDATES, 5, seed=3, cost=COST)
+    assert blocks[0][:3] == [(1, 3), (1, 5), (2, 9)]
+    assert sorted(f for b in blocks for f in b) == sorted(CANDIDATES)
+    assert blocks != _blocks(CANDIDATES, 5, seed=4, cost=COST)  # the seed still orders the ties
+
+
+def test_cheap_track_survives_a_checkpoint():
+    track = make_tracks(1, CANDIDATES, [0], per_prompt=False, shared=False, shared_flip_fraction=1.0,
+                        cheap_candidates=CANDIDATES[:4])[0]
+    track.kl = 0.25
+    again = track_from_json(track.to_json())
+    assert again.cheap and again.kl == 0.25 and again.current == CANDIDATES[:4]
+
+
+def test_harmless_kl_of_sets_equals_full_forwards(llama):
+    saes = SAESet.from_saes({L: make_sae("jumprelu", llama.d_model, seed=L, layer=L) for L in (1, 3)})
+    cache = build_prefix_cache(llama, PROMPTS, start=1)
+    kl = HarmlessKL(SetEvaluator(llama, saes, cache, FeatureOp("zero"), rows_per_forward=5))
+    sets = [[(1, 2), (3, 4), (3, 9)], [], [(3, 1)]]
+    base = last_position_logits(llama, PROMPTS)
+    for got, features in zip(kl(sets), sets):
+        edited = last_position_logits(llama, PROMPTS, [FeatureIntervention(saes, features)] if features else [])
+        assert abs(got - next_token_kl(base, edited).mean().item()) < 1e-5
+
+
+def test_cheap_search_on_a_real_model_reports_its_cost(llama):
+    saes = SAESet.from_saes({L: make_sae("jumprelu", llama.d_model, seed=L, layer=L) for L in (1, 3)})
+    candidates = [(1, i) for i in range(10)] + [(3, i) for i in range(10)]
+    outcome = greedy_minimal_sets(llama, saes, PROMPTS[:2], candidates, seeds=[0], per_prompt=False,
+                                  rows_per_forward=16, harmless=PROMPTS[2:], cheap=True, max_harmless_firing=0.9)
+    result = minimal_sets(outcome, ["a", "b"])
+    assert [t.name for t in outcome.tracks] == ["shared/seed0", "cheap/seed0"]
+    cost = result.harmless_cost
+    assert cost.n_prompts == 2 and len(cost.candidates) == len(candidates)
+    assert cost.n_cheap_candidates == sum(c.firing_rate <= 0.9 for c in cost.candidates)
+    assert result.cheap is not None
+    for track in result.tracks:
+        if track.status == "done":
+            assert track.harmless_kl is not None and track.harmless_kl > -1e-6
