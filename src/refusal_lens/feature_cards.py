@@ -35,6 +35,7 @@ from refusal_lens.saes import SAESet
 NEURONPEDIA = "https://www.neuronpedia.org"
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f")
 WINDOW, WINDOW_AFTER = 64, 16  # a longer top prompt keeps 64 tokens, 16 of them after its strongest
+STRONGEST_TOKEN, ACTIVE_TOKEN = "bold black on yellow", "underline yellow"  # in the terminal card
 EFFECT_CHUNK = 16  # decoder rows whose logits over the whole vocabulary are computed at once
 
 
@@ -309,15 +310,15 @@ def _token_line(what: str, effects: list[TokenEffect]) -> Text:
 
 
 def _prompt_text(top: TopPrompt) -> Text:
-    line = Text(f"  {top.max_activation:.3g} {top.label} {top.prompt_id}: ", style="dim")
+    line = Text.assemble((f"  {top.max_activation:.3g} {top.label} {top.prompt_id}: ", "dim"))
     if top.cut_before:
         line.append("…")
     peak = top.max_activation or 1.0
     for t, (token, value) in enumerate(zip(top.tokens, top.activations)):
         if t == top.max_index:
-            style = "bold black on yellow"
+            style = STRONGEST_TOKEN
         elif value > 0.25 * peak:
-            style = "underline yellow"
+            style = ACTIVE_TOKEN
         else:
             style = ""
         line.append(visible(token), style=style)
