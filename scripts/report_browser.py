@@ -9,8 +9,9 @@ resource and unhandled rejection, and after the page has loaded it checks that e
 decoded, every section has something in it, every in-page link has a target, each sortable
 table sorts by a click on any numeric header (both ways), and a click on a feature opens its
 card. It writes its findings into the page, which Chromium prints (``--dump-dom``); Chromium's
-own console log (``--enable-logging=stderr``) is read too. Exit status 1 when anything is
-wrong. Chromium is the Debian package ``chromium`` (``.ci/run`` installs it when missing).
+own console log (``--enable-logging=stderr``) is read too, and the report's own text (not
+verbatim prompts and answers, marked ``class="data"``) is searched for values printed as
+Python reprs (``None``, ``{'``, ``[(`` ...). Exit status 1 when anything is wrong. Chromium is the Debian package ``chromium`` (``.ci/run`` installs it when missing).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -125,6 +127,7 @@ class BrowserCheck:
     empty_sections: list[str] = field(default_factory=list)
     dead_links: list[str] = field(default_factory=list)
     sort_failures: list[str] = field(default_factory=list)
+    reprs: list[str] = field(default_factory=list)  # values printed as Python reprs (``python_reprs``)
     sorted_columns: list[str] = field(default_factory=list)
     sections: list[str] = field(default_factory=list)
     cards: int = 0
@@ -135,7 +138,7 @@ class BrowserCheck:
         found = [f"{what}: {item}" for what, items in (
             ("problem", self.problems), ("console", self.console), ("broken image", self.broken_images),
             ("empty section", self.empty_sections), ("dead link", self.dead_links),
-            ("sorting", self.sort_failures)) for item in items]
+            ("sorting", self.sort_failures), ("Python repr", self.reprs)) for item in items]
         if self.card_opened is False:
             found.append("a click on a feature in the table did not open its card")
         return found
@@ -143,6 +146,48 @@ class BrowserCheck:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+
+REPR_PATTERNS = {  # what a value printed with str() / repr() looks like, never the report's own words
+    "None": r"\bNone\b", "True/False": r"\b(?:True|False)\b", "dict": r"\{'|\{\"|\{\}", "list": r"\['|\[\]",
+    "tuple": r"\[\(|\(\d+, \d+\)", "nan/inf": r"\b(?:nan|NaN|inf)\b", "tensor": r"\b(?:tensor|array)\(",
+    "object": r"object at 0x|<(?:function|bound method|class) ", "numpy scalar": r"\bnp\.\w+\(",
+}
+
+
+class _ReportText(HTMLParser):
+    """The report's own text: not scripts or styles, not verbatim prompt or model text (``class="data"``)."""
+
+    SKIP = {"script", "style"}
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[bool] = []  # per open element: is its text skipped
+        self.chunks: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        classes = (dict(attrs).get("class") or "").split()
+        self.stack.append(tag in self.SKIP or "data" in classes or any(self.stack))
+
+    def handle_endtag(self, tag):
+        if tag not in self.VOID and self.stack:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        if not any(self.stack):
+            self.chunks.append(data)
+
+
+def python_reprs(page: str) -> list[str]:
+    """Each place where the report's own text shows a value as Python prints it, with its context."""
+    parser = _ReportText()
+    parser.feed(page)
+    text = " ".join(parser.chunks)
+    return [f"{kind}: ...{text[max(0, m.start() - 40):m.end() + 40]}..."
+            for kind, pattern in REPR_PATTERNS.items() for m in re.finditer(pattern, text)]
 
 
 def find_chromium() -> str | None:
@@ -196,7 +241,7 @@ def check_report(report: Path, *, chromium: str | None = None, timeout: float = 
                            + done.stderr[-2000:])
     result = json.loads(html.unescape(found[1]))
     console = [line.split("] ", 1)[-1] for line in done.stderr.splitlines() if ":CONSOLE" in line]
-    return BrowserCheck(console=console, **result)
+    return BrowserCheck(console=console, reprs=python_reprs(page), **result)
 
 
 def screenshot(report: Path, png: Path, *, section: str | None = None, width: int = 1200, height: int = 1600,
