@@ -81,13 +81,16 @@ def _td(value) -> str:
     return f"<td>{html.escape(cell_text(value))}</td>"
 
 
-def table(rows: Sequence[Sequence], header: Sequence[str], *, sortable: bool = False, id: str | None = None) -> str:
+def table(rows: Sequence[Sequence], header: Sequence[str], *, sortable: bool = False, id: str | None = None,
+          scroll: bool = False) -> str:
     """Plain values are escaped (``cell_text``), ``Cell``s put in as they are. ``sortable``: a
-    click on a header sorts the rows by that column (numerically where every value is a number)."""
+    click on a header sorts the rows by that column (numerically where every value is a number).
+    ``scroll``: a long table scrolls in a box of its own, its header kept in view."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in rows)
     attributes = (' class="sortable"' if sortable else "") + (f' id="{html.escape(id)}"' if id else "")
-    return f"<table{attributes}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    page = f"<table{attributes}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll">{page}</div>' if scroll else page
 
 
 def data(text: str, tag: str = "span") -> str:
@@ -113,7 +116,8 @@ STYLE = """
 body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
 img{max-width:100%}
-table.sortable th{cursor:pointer;user-select:none;background:#f4f4f4}
+table.sortable th{cursor:pointer;user-select:none;background:#f4f4f4;position:sticky;top:0}
+div.scroll{max-height:520px;overflow:auto;border-bottom:1px solid #ccc;margin-bottom:8px}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 code.tok{white-space:pre;background:#eef;border-radius:3px;padding:0 2px;font-size:11px}

@@ -132,7 +132,7 @@ def card_id(card: FeatureCard) -> str:
 
 
 def _tokens(effects, n: int = 3) -> str:
-    return " ".join(f'<code class="tok">{html.escape(visible(e.token))}</code>' for e in effects[:n])
+    return " ".join(f'<code class="tok data">{html.escape(visible(e.token))}</code>' for e in effects[:n])
 
 
 def _number(value: float | None, spec: str) -> Cell:
@@ -152,7 +152,7 @@ def feature_table(result: FeatureCards) -> str:
                      _number(card.harmful.mean_activation, ".3g"), _number(card.harmless.mean_activation, ".3g"),
                      *(_number(card.scores.get(n), ".3g") for n in score_names),
                      Cell(_tokens(card.promoted)), Cell(link)])
-    return table(rows, header, sortable=True, id="feature-table")
+    return table(rows, header, sortable=True, id="feature-table", scroll=len(rows) > 15)
 
 
 def _prompt_html(top) -> str:
@@ -177,7 +177,7 @@ def card_html(card: FeatureCard) -> str:
     stats = table([[label, s.n_prompts, f"{s.frequency:.0%}", f"{s.mean_activation:.3g}"]
                    for label, s in (("harmful", card.harmful), ("harmless", card.harmless))],
                   ["prompts", "n", "fires on", "mean activation"])
-    effects = "".join(f"<p>{what}: " + " ".join(f'<code class="tok">{html.escape(visible(e.token))}</code> '
+    effects = "".join(f"<p>{what}: " + " ".join(f'<code class="tok data">{html.escape(visible(e.token))}</code> '
                                                 f"{e.logit:+.2f}" for e in effects) + "</p>"
                       for what, effects in (("Promotes", card.promoted), ("Suppresses", card.suppressed)))
     tops = ("".join(_prompt_html(t) for t in card.top_prompts) if card.top_prompts
