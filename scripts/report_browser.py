@@ -11,7 +11,8 @@ table sorts by a click on any numeric header (both ways), and a click on a featu
 card. It writes its findings into the page, which Chromium prints (``--dump-dom``); Chromium's
 own console log (``--enable-logging=stderr``) is read too, and the report's own text (not
 verbatim prompts and answers, marked ``class="data"``) is searched for values printed as
-Python reprs (``None``, ``{'``, ``[(`` ...). Exit status 1 when anything is wrong. Chromium is the Debian package ``chromium`` (``.ci/run`` installs it when missing).
+Python reprs (``None``, ``{'``, ``[(`` ...). Exit status 1 when anything is wrong. Chromium is
+the Debian package ``chromium`` (``.ci/run`` installs it when missing).
 """
 
 from __future__ import annotations

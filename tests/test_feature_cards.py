@@ -144,11 +144,11 @@ def test_activation_stats_and_top_prompts_match_the_dense_encode(model, saes):
         for top, r in zip(tops, expected):
             ids, dense = reference[r]
             column = dense[L][:, i]
-            assert top.max_activation == pytest.approx(column.max().item(), abs=1e-5)
+            assert top.max_activation == pytest.approx(column.max().item(), rel=1e-3)
             assert top.tokens[top.max_index] == token_text(model, ids[int(column.argmax())])
             assert top.tokens == [token_text(model, t) for t in ids]  # short prompts are shown whole
             assert not top.cut_before and not top.cut_after
-    silent = [j for j, (L, i) in enumerate(keys) if all(reference[r][1][L][:, i].max() <= 0 for r in range(len(PROMPTS)))]
+    silent = [j for j, (L, i) in enumerate(keys) if all(acts[L][:, i].max() <= 0 for _, acts in reference)]
     assert silent and all(acts.top_prompts(j, 3, model) == [] for j in silent)
 
 
@@ -158,7 +158,7 @@ def test_a_long_prompt_keeps_a_window_around_its_strongest_token(model, saes):
     fired = int(acts.max_per_prompt[0].argmax())
     top = acts.top_prompts(fired, 1, model)[0]
     assert len(top.tokens) == 64 and (top.cut_before or top.cut_after)
-    assert top.max_activation == pytest.approx(acts.max_per_prompt[0, fired].item())
+    assert top.max_activation == pytest.approx(acts.max_per_prompt[0, fired].item(), rel=1e-3)
 
 
 def test_build_cards(model, saes):

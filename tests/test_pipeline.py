@@ -129,7 +129,7 @@ def assert_capability_cost_is_the_reference(root, out, saved):
 def test_feature_cards_describe_every_reported_feature(setup, full_run):
     root, config = setup
     out, results, necessary = full_run
-    cards, search, interactions = results["cards"], results["search"], results["interactions"]
+    cards, interactions = results["cards"], results["interactions"]
     top = interactions.ranking[:max(config["interactions"]["top_k"])]
     assert set(cards.sets["minimal_shared"]) == necessary and set(cards.sets["minimal_shared_union"]) == necessary
     assert cards.sets["interaction_top"] == sorted((r.layer, r.feature) for r in top)
@@ -155,7 +155,7 @@ def test_report_values_are_never_python_reprs(full_run):
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="Chromium is not installed here (Debian package `chromium`; "
-                                                     ".ci/run installs it), so the report cannot be opened in a browser")
+                    ".ci/run installs it), so the report cannot be opened in a browser")
 def test_the_report_in_headless_chromium(full_run):
     """No console error, no broken image, no empty section, the feature table sorts and opens the cards."""
     out, results, _ = full_run

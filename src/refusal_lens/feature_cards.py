@@ -51,7 +51,8 @@ class TopPrompt(BaseModel):
     label: str = Field(description="`harmful` or `harmless`")
     tokens: list[str] = Field(description="the tokens read (the instruction and the template after it), each "
                                           "decoded alone; a longer prompt keeps 64 of them around the strongest")
-    activations: list[float] = Field(description="the feature's activation on each of `tokens`")
+    activations: list[float] = Field(description="the feature's activation on each of `tokens` (4 significant "
+                                                 "digits)")
     max_index: int = Field(description="index into `tokens` of the strongest activation")
     cut_before: bool = Field(description="tokens before the window were left out")
     cut_after: bool = Field(description="tokens after the window were left out")
@@ -226,7 +227,7 @@ class PromptActivations:
         start = max(0, stop - WINDOW)
         return TopPrompt(prompt_id=self.prompts[i].id, label=self.prompts[i].label,
                          tokens=[token_text(chat_model, t) for t in ids[start:stop]],
-                         activations=acts[start:stop], max_index=best - start,
+                         activations=[float(f"{a:.4g}") for a in acts[start:stop]], max_index=best - start,
                          cut_before=start > 0, cut_after=stop < len(ids))
 
 

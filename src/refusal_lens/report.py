@@ -176,7 +176,8 @@ def write_report(out: Path, *, model: str, saes: str, created: str, sections: Se
                 ReportSection("Versions", table(list(versions.items()), ["package", "version"]))]
     contents = " · ".join(f'<a href="#{anchor(s.title)}">{html.escape(s.title)}</a>' for s in sections)
     parts = ["<h1>refusal-lens report</h1>",
-             f"<p>Model <b>{html.escape(model)}</b>, SAEs <b>{html.escape(saes)}</b>, created {html.escape(created)}.</p>",
+             f"<p>Model <b>{html.escape(model)}</b>, SAEs <b>{html.escape(saes)}</b>, "
+             f"created {html.escape(created)}.</p>",
              f"<nav><p>{contents}</p></nav>"]
     parts += [f'<section id="{anchor(s.title)}"><h2>{html.escape(s.title)}</h2>{s.html}</section>' for s in sections]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>refusal-lens report</title>"

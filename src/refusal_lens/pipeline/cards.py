@@ -55,7 +55,7 @@ def _top_interactions(result: Interactions, config: RunConfig) -> list:
     return result.ranking[:max(config.interactions.top_k)]
 
 
-SOURCES = (
+SOURCES = (  # an attribution stage's sets: FeatureSource("attribution", lambda result, config: result.feature_sets)
     FeatureSource("search", _minimal_sets),
     FeatureSource("interactions",
                   lambda r, c: {"interaction_top": [(x.layer, x.feature) for x in _top_interactions(r, c)]},
@@ -122,8 +122,9 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> FeatureCards:
 
 
 def summary(result: FeatureCards) -> list[str]:
-    return [f"Feature cards: {len(result.cards)} features ({', '.join(f'{n} {len(f)}' for n, f in result.sets.items())})"
-            " — `refusal-lens features show RUN_DIR LAYER:FEATURE`"]
+    sizes = ", ".join(f"{name} {len(features)}" for name, features in result.sets.items())
+    return [f"Feature cards: {len(result.cards)} features ({sizes}); see one with "
+            "`refusal-lens features show RUN_DIR LAYER:FEATURE`"]
 
 
 # --- the report ---------------------------------------------------------------------------
