@@ -115,7 +115,8 @@ def decoder_rows(saes: SAESet, keys: Sequence[FeatureKey]) -> torch.Tensor:
 
 def decoder_cosines(saes: SAESet, keys: Sequence[FeatureKey], direction: torch.Tensor) -> list[float]:
     rows = decoder_rows(saes, keys)
-    unit = direction.float().cpu() / direction.float().norm()
+    direction = direction.float().cpu()
+    unit = direction / direction.norm()
     return ((rows @ unit) / rows.norm(dim=-1).clamp_min(1e-12)).tolist()
 
 
@@ -149,7 +150,7 @@ def logit_effects(chat_model: ChatModel, rows: torch.Tensor) -> torch.Tensor:
     unembed = chat_model.model.get_output_embeddings().weight
     param = next(norm.parameters(), unembed)
     x = rows.to(device=param.device, dtype=param.dtype)
-    normed = (norm(x) - norm(torch.zeros_like(x[:1]))).to(unembed.dtype)
+    normed = (norm(x) - norm(torch.zeros_like(x[:1]))).to(device=unembed.device, dtype=unembed.dtype)
     return (normed @ unembed.T).float().cpu()
 
 

@@ -1,7 +1,8 @@
 """Stage: a card for every feature the run reports, so a reader can see what each one is.
 
-The features come from the stages in ``SOURCES``: the minimal sets of the search (shared,
-∩ and ∪ over seeds, and each prompt's own), the top interacting features of the
+The features come from the stages in ``SOURCES``: the minimal sets of the search (the
+shared set as the evaluation's `minimal_shared` has it, its union over seeds, and each
+prompt's own set), the top interacting features of the
 factorization machine (the evaluation's `interaction_only` set), and any stage added there
 (adding one is one ``FeatureSource`` row naming the stage and how its result lists its
 feature sets). Each card (``refusal_lens.feature_cards``) is read on the run's discovery
@@ -47,7 +48,7 @@ class FeatureSource:
 
 def _minimal_sets(result: MinimalSets, config: RunConfig) -> dict[str, list[FeatureKey]]:
     own = sorted({tuple(f) for s in result.per_prompt.values() for f in s.intersection})
-    return {"minimal_shared": result.shared.intersection, "minimal_shared_union": result.shared.union,
+    return {"minimal_shared": result.minimal_shared(), "minimal_shared_union": result.shared.union,
             "minimal_per_prompt": own}
 
 
