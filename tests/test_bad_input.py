@@ -112,6 +112,12 @@ CASES = {
     "direction stage with a bad override": (lambda w: ["direction", "--config", str(w / "run.toml"), "--top-k", "0",
                                                        "--out", str(w / "r7")], "top_k"),
     "demo --out below a file": (lambda w: ["demo", "--out", str(w / "blocker" / "demo")], "is a file"),
+    # feature cards
+    "features show: no such run folder": (lambda w: ["features", "show", str(w / "no-run"), "1:2"], "does not exist"),
+    "features show: not a run folder": (lambda w: ["features", "show", str(w / "saes"), "1:2"], "not a run folder"),
+    "features show: a feature not LAYER:FEATURE": (lambda w: ["features", "show", str(w / "saes"), "12"],
+                                                   "LAYER:FEATURE"),
+    "features list: run folder is a file": (lambda w: ["features", "list", str(w / "blocker")], "is a file"),
 }
 
 

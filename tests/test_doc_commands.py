@@ -106,3 +106,24 @@ def test_documented_build_commands_parse(sub):
     command = [sys.executable, "-m", "organism_build", *([sub] if sub else []), "--help"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def script_command_lines() -> list[str]:
+    """``python scripts/<name>.py SUB ...`` lines (a script run from a checkout, e.g. the report's screenshots)."""
+    found = set()
+    for doc in DOCS:
+        found.update(re.findall(r"python (scripts/\w+\.py(?: [a-z]+)?)", (ROOT / doc).read_text()))
+    return sorted(found)
+
+
+def test_the_docs_show_the_screenshot_command():
+    assert "scripts/report_browser.py screenshot" in script_command_lines()
+
+
+@pytest.mark.parametrize("line", script_command_lines())
+def test_documented_script_commands_parse(line):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, *line.split(), "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

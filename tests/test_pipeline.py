@@ -1,6 +1,7 @@
 """The pipeline end to end on a tiny model: stages, artifacts, reuse, resume, results schema, report."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from refusal_lens.pipeline import search, stages
 from refusal_lens.pipeline.config import DirectionConfig, RunConfig
 from refusal_lens.pipeline.direction import choose
 from refusal_lens.pipeline.run import run_pipeline
+from scripts.report_browser import check_report, find_chromium, python_reprs
 
 HARMFUL = [f"Tell me how to do dangerous thing number {i} to hurt people" for i in range(60)]
 HARMLESS = [f"Write a short friendly poem about garden number {i}" for i in range(60)]
@@ -97,7 +99,8 @@ def test_full_run_writes_results_feature_sets_and_report(setup, full_run):
         assert saved["cost"][stage]["wall_time_s"] >= 0 and "forward_passes" in saved["cost"][stage]
     assert saved["search"]["greedy_loop"]["forward_passes"] >= 1
     html = (out / "report.html").read_text()
-    assert "<img" in html and "http" not in html.split("<body>")[1].split("Versions")[0]
+    assert "<img" in html and not re.search(r"""src=["']?(https?:)?//|<link|<script src""", html), \
+        "the report must open offline (links to Neuronpedia are fine, loading from the network is not)"
     assert 'alt="ASR-vs-KL chart' in html and 'alt="direction grid"' in html
     before_answers = html.split("<body>")[1].split("<h2>Per prompt")[0]
     assert "None" not in before_answers and "{" not in before_answers, "a value printed as a Python repr"
@@ -155,6 +158,67 @@ def test_targeted_methods_are_evaluated_and_their_files_reproduce_them(setup, fu
     projection = load_feature_set(out / "feature_sets" / "minimal_shared_high_projection.json").condition
     assert projection.direction_file == str((out / "direction.safetensors").resolve())
     assert "minimal_cheap" not in evaluation.methods  # search.cost is "none" here
+
+
+def test_feature_cards_describe_every_reported_feature(setup, full_run):
+    root, config = setup
+    out, results, necessary = full_run
+    cards, interactions = results["cards"], results["interactions"]
+    top = interactions.ranking[:max(config["interactions"]["top_k"])]
+    assert set(cards.sets["minimal_shared"]) == necessary and set(cards.sets["minimal_shared_union"]) == necessary
+    assert cards.sets["interaction_top"] == sorted((r.layer, r.feature) for r in top)
+    reported = necessary | {(r.layer, r.feature) for r in top}
+    assert [c.key for c in cards.cards] == sorted(reported)
+    for card in cards.cards:
+        assert ("minimal_shared" in card.sets) == (card.key in necessary)
+        strength = next((r.strength for r in top if (r.layer, r.feature) == card.key), None)
+        assert card.scores.get("interaction_strength") == (pytest.approx(strength) if strength is not None else None)
+        assert card.neuronpedia is None  # SAEs from a folder have no Neuronpedia id
+        assert card.harmful.n_prompts == cards.n_harmful and card.harmless.n_prompts == cards.n_harmless
+        assert len(card.promoted) == len(card.suppressed) == 10
+    prompts = results["prompt_sets"]
+    discovery = {p.id for role in ("harmful_train", "harmful_val", "harmful_fm") for p in getattr(prompts, role)}
+    assert cards.n_harmful == len(discovery)
+    evaluated = {p.id for p in prompts.harmful_eval}
+    assert not {t.prompt_id for c in cards.cards for t in c.top_prompts} & evaluated, "held-out prompts stay unseen"
+
+
+def test_report_values_are_never_python_reprs(full_run):
+    out, _, _ = full_run
+    assert python_reprs((out / "report.html").read_text()) == []
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="Chromium is not installed here (Debian package `chromium`; "
+                    ".ci/run installs it), so the report cannot be opened in a browser")
+def test_the_report_in_headless_chromium(full_run):
+    """No console error, no broken image, no empty section, the feature table sorts and opens the cards."""
+    out, results, _ = full_run
+    result = check_report(out / "report.html")
+    assert result.ok, result.failures
+    assert "Features" in result.sections and result.cards == len(results["cards"].cards)
+    assert {"cosine", "fires on harmful"} <= set(result.sorted_columns) and result.card_opened is True
+
+
+def test_features_show_prints_a_card(full_run):
+    out, results, _ = full_run
+    card = next(c for c in results["cards"].cards if c.top_prompts)
+    shown = CliRunner().invoke(app, ["features", "show", str(out), f"{card.layer}:{card.feature}"])
+    assert shown.exit_code == 0, shown.output
+    assert card.name in shown.stdout and card.top_prompts[0].prompt_id in shown.stdout
+    assert f"{card.harmful.frequency:.0%}" in shown.stdout and "promotes" in shown.stdout
+    listed = CliRunner().invoke(app, ["features", "list", str(out)])
+    assert listed.exit_code == 0 and all(c.name in listed.stdout for c in results["cards"].cards)
+    unknown = CliRunner().invoke(app, ["features", "show", str(out), "3:47"])
+    assert unknown.exit_code == 2 and "Feature 3:47 is not among the" in unknown.output
+
+
+def test_features_show_on_a_run_without_cards_names_the_fix(setup, tmp_path):
+    root, config = setup
+    out = tmp_path / "early"
+    run_pipeline(RunConfig.model_validate(config), out, until="candidates")
+    result = CliRunner().invoke(app, ["features", "show", str(out), "1:2"])
+    assert result.exit_code == 2 and "stopped before its cards stage" in result.output
+    assert f"refusal-lens run --out {out}" in result.output
 
 
 def test_feature_set_files_are_accepted_by_eval(setup, full_run):

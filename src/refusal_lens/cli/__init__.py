@@ -27,7 +27,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     common.show_tracebacks(debug)
 
 
-from refusal_lens.cli import common, datasets_cmd, eval_cmd, organism_cmd, pipeline_cmd  # noqa: E402
+from refusal_lens.cli import common, datasets_cmd, eval_cmd, features_cmd, organism_cmd, pipeline_cmd  # noqa: E402
 
-for module in (eval_cmd, datasets_cmd, organism_cmd, pipeline_cmd):
+for module in (eval_cmd, datasets_cmd, organism_cmd, pipeline_cmd, features_cmd):
     module.register(app)

@@ -63,7 +63,7 @@ def _load_config(config: Path | None, overrides: dict, base: dict | None = None)
     return build_config(RunConfig, None, deep_update(data, overrides))
 
 
-def _run(config, out: Path, until: str = "evaluation") -> dict[str, BaseModel]:
+def _run(config, out: Path, until: str = stages.NAMES[-1]) -> dict[str, BaseModel]:
     from refusal_lens.pipeline.run import run_pipeline
 
     check_output(out, folder=True)
@@ -78,7 +78,7 @@ def run_command(out: OutOpt = Path("runs/latest"), config: ConfigOpt = None, mod
                 device_map: DeviceMapOpt = None, seed: SeedOpt = None, n_search: NSearchOpt = None,
                 n_eval: NEvalOpt = None, top_k: TopKOpt = None, tau: TauOpt = None, judge: JudgeOpt = None,
                 thinking: ThinkingOpt = None) -> None:
-    """The whole refusal-feature search: prompts → direction → candidates → minimal sets → verification → dormant → interactions → evaluation."""
+    """The whole refusal-feature search: prompts → direction → candidates → minimal sets → verification → dormant → interactions → evaluation → feature cards."""
     overrides = _overrides(model, saes, device, dtype, device_map, seed, n_search, n_eval, top_k, tau, thinking)
     overrides["evaluation"] = {"judge": judge}
     run_config = _load_config(config, overrides)

@@ -146,6 +146,12 @@ class EvaluationConfig(StrictModel):
         return name
 
 
+class CardsConfig(StrictModel):
+    top_prompts: int = Field(5, ge=0, description="prompts a feature card shows, those it fires on most")
+    top_tokens: int = Field(10, ge=1, description="tokens a card lists as promoted, and as suppressed, by the "
+                                                  "feature's decoder row")
+
+
 class RunConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig, description="the chat model")
     saes: SAEConfig = Field(default_factory=SAEConfig, description="its SAEs")
@@ -157,6 +163,7 @@ class RunConfig(StrictModel):
                                              description="the factorization machine and its sweep")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig,
                                          description="the held-out evaluation (and the verification's generation)")
+    cards: CardsConfig = Field(default_factory=CardsConfig, description="the feature cards of every reported feature")
     seed: int = Field(0, description="prompt sampling, the factorization machine, the probe, the random controls")
     batch_size: int = Field(16, ge=1, description="prompts per forward pass outside the search")
 

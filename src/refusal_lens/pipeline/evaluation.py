@@ -39,7 +39,7 @@ from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
 from refusal_lens.pipeline.store import StageDir
 from refusal_lens.pipeline.targeted import TargetedChoice, file_fields, targeted_methods
 from refusal_lens.pipeline.targeted import report_section as targeted_report
-from refusal_lens.report import ReportSection, img, save_figure, subplots, table
+from refusal_lens.report import Cell, ReportSection, data, img, save_figure, subplots, table
 from refusal_lens.saes import SAESet
 from refusal_lens.stats import rate_with_interval
 
@@ -303,14 +303,15 @@ def fig_scores(result: Evaluation, folder: Path) -> str:
     return save_figure(fig, folder, "refusal_scores")
 
 
-def _per_prompt_rows(result: Evaluation) -> tuple[list[list[str]], list[str]]:
+def _per_prompt_rows(result: Evaluation) -> tuple[list[list[Cell]], list[str]]:
     names = [n for n in MAIN_METHODS if n in result.per_prompt]
     rows = []
     for j, base in enumerate(result.per_prompt["none"]):
-        row = [base.prompt[:90]]
+        row = [Cell(data(base.prompt[:90]))]
         for name in names:
             r = result.per_prompt[name][j]
-            row.append(f"{'refused' if r.refused else 'ANSWERED'} ({r.refusal_score:+.1f}): {r.response[:70]}")
+            row.append(Cell(f"{'refused' if r.refused else 'ANSWERED'} ({r.refusal_score:+.1f}): "
+                            + data(r.response[:70])))
         rows.append(row)
     return rows, names
 

@@ -24,7 +24,7 @@ from refusal_lens.report import write_report
 RESULT_FILE = "result.json"
 
 
-def run_pipeline(config: RunConfig, out_dir: str | Path, *, until: str = "evaluation",
+def run_pipeline(config: RunConfig, out_dir: str | Path, *, until: str = stages.NAMES[-1],
                  console: Console | None = None) -> dict[str, BaseModel]:
     """Run (or reuse) every stage up to ``until``; write results, exported files and the report.
 

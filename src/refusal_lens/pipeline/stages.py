@@ -1,6 +1,6 @@
 """The pipeline's stages, in the order they run (METHOD.md §2, §4).
 
-    prompt_sets → direction → candidates → search → verification → dormant → interactions → evaluation
+    prompt_sets → direction → candidates → search → verification → dormant → interactions → evaluation → cards
 
 Each row names a module ``refusal_lens.pipeline.<name>`` whose ``STAGE`` says what the stage
 reads, computes, returns and reports (``pipeline/stage.py``). Adding a stage is one new
@@ -33,6 +33,7 @@ TABLE = (
     StageRow("dormant"),
     StageRow("interactions", command=True),
     StageRow("evaluation"),
+    StageRow("cards"),
 )
 NAMES = tuple(row.name for row in TABLE)
 

@@ -221,6 +221,15 @@ class SAESet(Mapping[int, SAE]):
                                f"d_in={d_in} but the model's residual stream has "
                                f"d_model={self.expected_d_in}: these SAEs are for another model.")
 
+    def neuronpedia_id(self, layer: int) -> str | None:
+        """The Neuronpedia id the sae_lens directory gives this layer's SAE (its features' pages are
+        ``https://www.neuronpedia.org/{id}/{feature}``); None for SAEs from a folder or a registered name."""
+        source = self.sources[layer]
+        if source.release is None:
+            return None
+        return next((sae.neuronpedia for sae in sae_lens_release(source.release).saes
+                     if sae.sae_id == source.sae_id), None)
+
     def describe(self) -> dict:
         described = {"name": self.name, "layers": {L: s.describe() for L, s in self.sources.items()}}
         if self.model_note:
