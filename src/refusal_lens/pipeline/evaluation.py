@@ -179,7 +179,8 @@ def add_clamp_methods(ctx: RunContext, attribution: Attribution, methods: dict,
     """[Y25]'s methods: CosSim+AP, its baselines and random matched sets, each clamped by c."""
     op = attribution.clamp_op()
     config = ctx.config.evaluation
-    clamped = {f"{name}_clamp": attribution.feature_sets[name] for name in ("cossim_ap", *config.attribution_baselines)}
+    clamped = {f"{name}_clamp": attribution.feature_sets[name] for name in ("cossim_ap", *config.attribution_baselines)
+               if name in attribution.feature_sets}
     random_sets = matched_random_sets(ctx.saes, attribution.feature_sets["cossim_ap"], config.n_random_clamps,
                                       ctx.config.seed)
     clamped.update({f"random_clamp_{i + 1}": random_set for i, random_set in enumerate(random_sets)})
