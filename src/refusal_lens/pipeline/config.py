@@ -116,7 +116,8 @@ class AttributionConfig(StrictModel):
         "([Y25]: -3 Gemma, -1 Llama)"))
     induce_mode: Literal["mean_activation", "absolute"] = Field("mean_activation", description=(
         "how `induce_values` read: mean_activation: v times each feature's mean activation where it fires "
-        "on the attributed prompts (portable across SAEs); absolute: f ← v ([Y25]: 10 to 30 on Gemma Scope)"))
+        "on the attributed prompts (under directional ablation for a feature that fires only there; portable "
+        "across SAEs); absolute: f ← v ([Y25]: 10 to 30 on Gemma Scope)"))
     induce_values: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0], description=(
         "the v sweep of inducing refusal on harmless prompts by setting the CosSim+AP features to v"))
     select_by: Literal["judge", "refusal_score"] = Field("judge", description=(
@@ -228,6 +229,10 @@ def demo_config() -> RunConfig:
     Candidates come from the organism's SAE layers at depth fractions [40%, 80%) (layers 14,
     18, 21 and 22 of 30 for the shipped build): fewer, higher layers keep the search cheap,
     and the direction search drops layers from 80% on (``direction.max_layer_fraction``).
+    Attribution is attribution patching (one backward pass) on 8 prompts at the candidate
+    layers; c and v are chosen by the refusal score's sign (one forward pass each, no
+    generation); the evaluation clamps CosSim+AP, cosine alone and one random matched set:
+    each clamped method costs one generation of the held-out prompts.
     """
     return RunConfig(
         data=DataConfig(n_train=32, n_val=8, n_search=6, n_eval=32, n_fm=64),

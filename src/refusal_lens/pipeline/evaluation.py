@@ -96,7 +96,8 @@ class PromptOutcome(BaseModel):
 class CapabilityRun(BaseModel):
     n_prompts: int = Field(description="held-out harmless test prompts (`prompt_sets.harmless_eval`)")
     n_tokens: int = Field(description="answer tokens scored")
-    methods: dict[str, CapabilityCost] = Field(description="method → its capability cost")
+    methods: dict[str, CapabilityCost] = Field(description="method → its capability cost (`cossim_ap_induce`: the "
+                                                           "CosSim+AP features set to v)")
     completions: list[str] = Field(description="the unmodified model's greedy answers every method is scored on")
 
 
