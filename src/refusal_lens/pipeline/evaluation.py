@@ -139,7 +139,7 @@ class Evaluation(BaseModel):
         "`interaction_only`, `random_1..n` (matched in size and layers to `minimal_shared`); a feature method "
         "whose set is empty is left out; the attribution stage's sets clamped by c: `cossim_ap_clamp` and "
         "`<baseline>_clamp` (`evaluation.attribution_baselines`), `random_clamp_1..n` (matched to CosSim+AP)"))
-    feature_sets: dict[str, list[FeatureKey]] = Field(description="method → the features it ablates")
+    feature_sets: dict[str, list[FeatureKey]] = Field(description="method → the features it ablates (clamps, `*_clamp`)")
     per_prompt: dict[str, list[PromptOutcome]] = Field(description="method → one outcome per held-out prompt")
     capability: CapabilityRun | None = Field(description="null with `data.n_capability = 0`")
     clamp_scale: float | None = Field(None, description="c of the clamped methods (`*_clamp`, `random_clamp_*`), "
@@ -419,6 +419,7 @@ def paper_table(result: Evaluation) -> str:
 def fig_induce(result: Evaluation, trials: list[ValueTrial], folder: Path) -> str:
     induce = result.induce
     fig, ax = subplots(figsize=(6, 3.5))
+    trials = sorted(trials, key=lambda t: t.value)
     values = [t.value for t in trials]
     ax.errorbar(values, [t.rate for t in trials], yerr=[[t.rate - t.ci_low for t in trials],
                                                         [t.ci_high - t.rate for t in trials]],
