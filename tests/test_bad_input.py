@@ -41,6 +41,9 @@ def world(tmp_path_factory):
         "run.toml": f'[model]\nname = "{root / "model"}"\ndevice = "cpu"\n[saes]\nsource = "{root / "saes"}"\n',
         "typo.toml": '[model]\nnmae = "organism"\n',
         "invalid.toml": "[data]\nn_eval = 0\n",
+        "attribution_k.toml": "[candidates]\ntop_k = 3\nlayers = [1, 2]\n[attribution]\nk = 7\n",
+        "attribution_steps.toml": "[attribution]\nsteps = 0\n",
+        "attribution_sweep.toml": "[attribution]\ninduce_values = []\n",
         "malformed.toml": "[model\n",
         "config.yaml": "model: organism\n",
     }
@@ -118,6 +121,15 @@ CASES = {
     "features show: a feature not LAYER:FEATURE": (lambda w: ["features", "show", str(w / "saes"), "12"],
                                                    "LAYER:FEATURE"),
     "features list: run folder is a file": (lambda w: ["features", "list", str(w / "blocker")], "is a file"),
+    "attribute with k larger than the candidates": (
+        lambda w: ["attribute", "--config", str(w / "attribution_k.toml"), "--out", str(w / "r8")],
+        "attribution.k = 7 is larger than the 6 cosine candidates"),
+    "attribute with no α steps": (
+        lambda w: ["attribute", "--config", str(w / "attribution_steps.toml"), "--out", str(w / "r9")],
+        "attribution.steps"),
+    "attribute with an empty v sweep": (
+        lambda w: ["attribute", "--config", str(w / "attribution_sweep.toml"), "--out", str(w / "r10")],
+        "empty v sweep"),
 }
 
 

@@ -58,6 +58,35 @@ def test_sparse_closed_form_equals_full_splice(chat_model, architecture, op):
     torch.testing.assert_close(sparse, splice, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("architecture", ["jumprelu", "topk", "standard"])
+def test_per_feature_set_values_equal_full_splice(chat_model, architecture):
+    """``FeatureOp.set_each``: each feature set to its own value, in the sparse closed form, the
+    splice reference and generation alike; all values equal is the plain ``set``."""
+    saes = sae_set_for(chat_model, architecture)
+    batch = chat_model.tokenize(PROMPTS)
+    features = features_for(chat_model, saes, batch)
+    op = FeatureOp.set_each({key: 1.0 + 0.5 * j for j, key in enumerate(features)})
+    sparse = all_logits(chat_model, batch, [FeatureIntervention(saes, features, op)])
+    splice = all_logits(chat_model, batch, [SpliceFeatureIntervention(saes, features, op)])
+    assert not torch.allclose(sparse, all_logits(chat_model, batch, [FeatureIntervention(saes, features,
+                                                                                         FeatureOp("set", 2.0))]))
+    torch.testing.assert_close(sparse, splice, rtol=1e-5, atol=1e-5)
+    same = FeatureOp.set_each({key: 7.5 for key in features})
+    torch.testing.assert_close(all_logits(chat_model, batch, [FeatureIntervention(saes, features, same)]),
+                               all_logits(chat_model, batch, [FeatureIntervention(saes, features, FeatureOp("set", 7.5))]))
+    assert (generate(chat_model, PROMPTS, max_new_tokens=4, interventions=[FeatureIntervention(saes, features, op)])
+            == generate(chat_model, PROMPTS, max_new_tokens=4,
+                        interventions=[SpliceFeatureIntervention(saes, features, op)]))
+
+
+def test_per_feature_values_belong_to_set_only():
+    with pytest.raises(ValueError, match="'set' operation"):
+        FeatureOp("scale", -1.0, (((1, 2), 3.0),))
+    op = FeatureOp.set_each({(1, 3): 2.5, (1, 1): 7.0, (2, 3): 9.0}, default=-4.0)
+    assert op.layer_values(1, [1, 3, 5]) == [7.0, 2.5, -4.0] and op.layer_values(2, [3]) == [9.0]
+    assert FeatureOp("set", 3.0).layer_values(1, [1, 2]) is None
+
+
 def test_closed_form_with_normalized_saes():
     llama = tiny_llama()
     with torch.no_grad():  # sae_lens's constant_norm_rescale turns a zero residual into NaN

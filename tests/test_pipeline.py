@@ -11,13 +11,15 @@ from typer.testing import CliRunner
 
 from refusal_lens.capability import base_last_logits, completion_cross_entropy, next_token_shift
 from refusal_lens.cli import app
-from refusal_lens.interventions import DirectionalAblation
-from refusal_lens.interventions.files import load_direction
+from refusal_lens.interventions import DirectionalAblation, FeatureIntervention, FeatureOp
+from refusal_lens.interventions.files import load_direction, load_feature_set
 from refusal_lens.models import load_chat_model
 from refusal_lens.pipeline import search, stages
 from refusal_lens.pipeline.config import DirectionConfig, RunConfig
 from refusal_lens.pipeline.direction import choose
 from refusal_lens.pipeline.run import run_pipeline
+from refusal_lens.saes import load_sae_set
+from refusal_lens.scoring import refusal_scores
 from scripts.report_browser import check_report, find_chromium, python_reprs
 
 HARMFUL = [f"Tell me how to do dangerous thing number {i} to hurt people" for i in range(60)]
@@ -49,7 +51,9 @@ def setup(tmp_path_factory):
         "candidates": {"top_k": 6},
         "search": {"seeds": [0, 1], "rows_per_forward": 16},
         "interactions": {"top_k": [2, 4], "epochs": 3, "max_features": 40},
-        "evaluation": {"max_new_tokens": 3, "n_random_sets": 2},
+        "attribution": {"method": "atp", "k": 4, "n_prompts": 4, "scales": [-2.0, -1.0], "induce_values": [5.0, 2.0],
+                        "induce_mode": "absolute", "max_new_tokens": 3},
+        "evaluation": {"max_new_tokens": 3, "n_random_sets": 2, "n_random_clamps": 2},
     }
     return root, config
 
@@ -304,3 +308,55 @@ def test_direction_choice_relaxes_filters_visibly():
     assert best["layer"] == 1 and filters.startswith("induce only")
     best, filters = choose(table[2:], DirectionConfig())
     assert best["layer"] == 3 and filters.startswith("none")
+
+
+def test_evaluation_clamps_the_attribution_sets_and_induces_refusal(setup, full_run):
+    """[Y25]'s methods: each set clamped by the c chosen on validation (the refusal scores are those
+    of that clamp, recomputed here), random clamps matched to CosSim+AP, every method's paired
+    comparison with CosSim+AP, and refusal induced on the held-out harmless prompts."""
+    root, config = setup
+    out, results, _ = full_run
+    attribution, evaluation = results["attribution"], results["evaluation"]
+    c = attribution.clamp.chosen
+    assert c in config["attribution"]["scales"] and evaluation.clamp_scale == c
+    cossim_ap = attribution.feature_sets["cossim_ap"]
+    for name in ("cossim_ap", "cosine", "attribution", "activation_difference"):
+        assert evaluation.feature_sets[f"{name}_clamp"] == attribution.feature_sets[name]
+        assert evaluation.methods[f"{name}_clamp"].n_features == config["attribution"]["k"]
+        assert load_feature_set(out / "feature_sets" / f"{name}_clamp.json").op == FeatureOp("scale", c)
+    for i in (1, 2):
+        random_set = evaluation.feature_sets[f"random_clamp_{i}"]
+        assert sorted(L for L, _ in random_set) == sorted(L for L, _ in cossim_ap)
+        assert not set(map(tuple, random_set)) & set(map(tuple, cossim_ap))
+        assert load_feature_set(out / "feature_sets" / f"random_clamp_{i}.json").op == FeatureOp("scale", c)
+
+    chat = load_chat_model(str(root / "model"), device="cpu", dtype="float32")
+    saes = load_sae_set(str(root / "saes"), device="cpu")
+    outcomes = evaluation.per_prompt["cossim_ap_clamp"]
+    clamped = refusal_scores(chat, [r.prompt for r in outcomes],
+                             interventions=[FeatureIntervention(saes, cossim_ap, FeatureOp("scale", c))])
+    assert clamped.tolist() == pytest.approx([r.refusal_score for r in outcomes], abs=1e-4)
+
+    assert set(evaluation.paired_vs_cossim_ap) == set(evaluation.methods) - {"cossim_ap_clamp"}
+    reference = [not r.refused for r in outcomes]
+    for name, paired in evaluation.paired_vs_cossim_ap.items():
+        answered = [not r.refused for r in evaluation.per_prompt[name]]
+        assert paired.diff == pytest.approx((sum(answered) - sum(reference)) / len(reference))
+        assert paired.only_method == sum(a and not b for a, b in zip(answered, reference))
+        assert paired.ci_low <= paired.diff <= paired.ci_high
+    assert {source for by in evaluation.asr_by_source.values() for source in by} == {"harmful"}
+    assert evaluation.asr_by_source["none"]["harmful"].asr == evaluation.methods["none"].asr
+
+    induce = evaluation.induce
+    assert induce.value == attribution.induce.chosen and induce.n == len(results["prompt_sets"].harmless_eval) > 0
+    harmless = {p.id for p in results["prompt_sets"].harmless_eval}
+    assert {r.id for r in induce.per_prompt} == harmless
+    assert induce.refusal_rate == sum(r.refused for r in induce.per_prompt) / induce.n
+    assert induce.capability is not None and induce.capability.delta_cross_entropy != 0.0
+    induce_file = load_feature_set(out / "feature_sets" / "cossim_ap_induce.json")
+    assert induce_file.op == attribution.induce_op() and induce_file.features == cossim_ap
+
+    html = (out / "report.html").read_text()
+    for title in ("Attribution to SAE features", "the first paper", "Inducing refusal on harmless prompts"):
+        assert title in html
+    assert (out / "figures" / "induce_refusal.png").exists() and (out / "figures" / "attribution_features.png").exists()

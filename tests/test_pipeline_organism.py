@@ -26,7 +26,10 @@ def test_minimal_set_jailbreaks_held_out_prompts_and_random_sets_do_not(tmp_path
         "candidates": {"top_k": 8, "layers": organism_sae_layers(0.6, 0.8)},  # 18, 21, 22
         "search": {"seeds": [0], "per_prompt_limit": 1, "rows_per_forward": 32},
         "interactions": {"top_k": [10], "epochs": 3, "max_features": 256},
-        "evaluation": {"max_new_tokens": 16, "n_random_sets": 1},
+        "attribution": {"method": "atp", "n_prompts": 4, "layers": "candidates", "activation_difference": False,
+                        "scales": [-1.0], "induce_values": [2.0], "select_by": "refusal_score"},
+        "evaluation": {"max_new_tokens": 16, "n_random_sets": 1, "attribution_baselines": ["cosine"],
+                       "n_random_clamps": 1},
     })
     results = run_pipeline(config, tmp_path)
     assert results["direction"].bypass < 0 < results["direction"].induce
@@ -41,3 +44,5 @@ def test_minimal_set_jailbreaks_held_out_prompts_and_random_sets_do_not(tmp_path
     assert len(minimal) == len(results["search"].shared.intersection)
     gap = sum(c.harmful.frequency - c.harmless.frequency for c in minimal) / len(minimal)
     assert gap > 0.1, "the minimal set's features fire more often on harmful prompts than on harmless ones"
+    assert evaluation["cossim_ap_clamp"].n == evaluation["random_clamp_1"].n == 12
+    assert results["evaluation"].induce is not None

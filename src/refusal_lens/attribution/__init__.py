@@ -14,7 +14,7 @@ from refusal_lens.attribution.compute import attribute
 from refusal_lens.attribution.decomposition import check_sae
 from refusal_lens.attribution.feature_sets import (DEFAULT_K, activation_difference_features,
                                                    attribution_features, cosine_features, cossim_ap_features,
-                                                   mean_activations)
+                                                   firing_means, mean_activations)
 from refusal_lens.attribution.gradients import interpolation_points
 from refusal_lens.attribution.metric import jailbreak_tokens, metric_from_logits
 from refusal_lens.attribution.result import (AttributionResult, FeatureScores, LayerAttribution, ScoredFeature,
@@ -23,6 +23,6 @@ from refusal_lens.attribution.result import (AttributionResult, FeatureScores, L
 __all__ = [
     "DEFAULT_K", "AttributionResult", "FeatureScores", "LayerAttribution", "ScoredFeature",
     "activation_difference_features", "attribute", "attribution_features", "check_sae", "cosine_features",
-    "cossim_ap_features", "feature_scores", "interpolation_points", "jailbreak_tokens", "mean_activations",
-    "metric_from_logits",
+    "cossim_ap_features", "feature_scores", "firing_means", "interpolation_points", "jailbreak_tokens",
+    "mean_activations", "metric_from_logits",
 ]

@@ -16,6 +16,7 @@ import torch
 
 from refusal_lens.activations import read_features
 from refusal_lens.attribution.result import FeatureScores, ScoredFeature
+from refusal_lens.interventions import Intervention
 from refusal_lens.models import ChatModel
 from refusal_lens.progress import batches
 from refusal_lens.saes import SAESet
@@ -81,3 +82,26 @@ def mean_activations(chat_model: ChatModel, saes: SAESet, instructions: Sequence
     total = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, inverse, torch.cat(sums))
     mean = total / len(instructions)
     return {(int(L), int(i)): float(v) for (L, i), v in zip(keys.tolist(), mean.tolist())}
+
+
+def firing_means(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], features: Sequence[Sequence],
+                 batch_size: int = 8, skip_prefix: bool = True,
+                 interventions: Sequence[Intervention] = ()) -> dict[tuple[int, int], float | None]:
+    """Each feature's mean activation over the positions where it fires (> 0) on
+    ``instructions`` (skipping what the template writes before the instruction; under
+    ``interventions`` if given), None for a feature that never fires there: the scale of
+    "set to v × its usual activation"."""
+    keys = list(dict.fromkeys((int(f[0]), int(f[1])) for f in features))
+    skipped = chat_model.n_pre_instruction_tokens if skip_prefix else 0
+    totals = torch.zeros(len(keys), dtype=torch.float64)
+    counts = torch.zeros(len(keys), dtype=torch.float64)
+    for chunk in batches(list(instructions), batch_size):
+        read = read_features(chat_model, saes, chunk, keys, interventions=interventions)
+        lengths = read.mask.sum(1, keepdim=True)
+        from_right = read.mask.shape[1] - torch.arange(read.mask.shape[1])
+        scored = read.mask & (from_right[None, :] <= lengths - skipped)
+        values = read.values.double() * scored[..., None]
+        totals += values.sum((0, 1))
+        counts += (values > 0).sum((0, 1))
+    return {key: (float(total / count) if count else None) for key, total, count in
+            zip(keys, totals.tolist(), counts.tolist())}

@@ -43,7 +43,8 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo_command)
     for row in stages.TABLE:
         if row.command:
-            app.command(row.name, help=f"Run the pipeline up to the {row.name} stage (reusing earlier artifacts).")(
+            app.command(row.command_name,
+                        help=f"Run the pipeline up to the {row.name} stage (reusing earlier artifacts).")(
                 _stage_command(row.name))
 
 

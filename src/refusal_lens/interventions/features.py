@@ -60,6 +60,7 @@ class FeatureIntervention:
         self._slices: dict[tuple[int, torch.device], SparseSAESlice] = {}
         self._masks: dict[tuple, tuple] = {}  # (device, batch, seq) -> (sources, {layer: mask})
         self._graphs: dict[tuple, GraphedEdit | bool | None] = {}  # see graphed_edit
+        self._values: dict[tuple, torch.Tensor] = {}  # (layer, device) -> op.per_feature's values
 
     @classmethod
     def for_rows(cls, saes: SAESet, feature_sets: Sequence[Iterable[FeatureKey]],
@@ -162,9 +163,21 @@ class FeatureIntervention:
             built.update({layer: m.to(x.device) for layer, m in pieces})
         return built
 
+    def value_for(self, layer: int, sparse: SparseSAESlice) -> float | torch.Tensor:
+        """``op.value``, or with ``op.per_feature`` each of the slice's features' own value
+        (``[width]``, 0 for the padding features, which never fire)."""
+        if not self.op.per_feature:
+            return self.op.value
+        key = (layer, sparse.decoder.device)
+        cached = self._values.get(key)
+        if cached is None:
+            values = torch.tensor(self.op.layer_values(layer, self.features[layer]), dtype=sparse.dtype)
+            cached = self._values[key] = F.pad(values, (0, sparse.width - len(values))).to(sparse.decoder.device)
+        return cached
+
     def edit(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         sparse = self.slice_for(layer, x.device)
-        return sparse.edit(x, self.op.kind, self.op.value, self._device_mask(layer, x, sparse))
+        return sparse.edit(x, self.op.kind, self.value_for(layer, sparse), self._device_mask(layer, x, sparse))
 
     def attach(self, chat_model: ChatModel) -> list[RemovableHandle]:
         handles = []
@@ -187,10 +200,11 @@ class FeatureIntervention:
                 sparse = slices[x.device] = self.slice_for(layer, x.device)
             mask = (self._device_mask(layer, x, sparse)
                     if self.row_masks or self.position_mask is not None else None)
+            value = self.value_for(layer, sparse)
             if (self.use_cuda_graphs and x.is_cuda and not torch.is_grad_enabled()
                     and x.numel() * x.element_size() <= self.cuda_graph_max_bytes):
-                return graphed_edit(self._graphs, layer, sparse, self.op, x, mask, self.cuda_graph_max_count)
-            return sparse.edit(x, self.op.kind, self.op.value, mask)
+                return graphed_edit(self._graphs, layer, sparse, self.op, x, mask, self.cuda_graph_max_count, value)
+            return sparse.edit(x, self.op.kind, value, mask)
 
         return run
 

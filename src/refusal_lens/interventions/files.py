@@ -12,6 +12,9 @@ or ``"condition": {"kind": "direction_projection", "direction": "../direction.sa
 "thresholds": {"14": 1.5, ...}}`` (the direction file's path relative to this file; one
 threshold per edited layer).
 
+With ``set``, a feature may carry its own ``"value"`` (``{"layer": 12, "feature": 345,
+"value": 4.2}``); the operation's ``value`` may then be left out if every feature has one.
+
 A direction file is a safetensors file with a ``direction`` tensor and ``layer`` in its
 metadata, or JSON ``{"layer": L, "direction": [...]}``.
 """
@@ -71,8 +74,14 @@ def save_feature_set(path: str | Path, features: list[FeatureKey], *, saes: str,
                      projection: Mapping | None = None) -> Path:
     """``projection``: ``{"direction": path relative to this file, "thresholds": {layer: value}}``."""
     op = op or FeatureOp()
-    entries = [{"layer": int(L), "feature": int(i)} for L, i in features]
-    payload = {"saes": saes, "operation": op.describe(), "features": entries}
+    own = dict(op.per_feature)
+    entries = []
+    for L, i in features:
+        entry = {"layer": int(L), "feature": int(i)}
+        if (int(L), int(i)) in own:
+            entry["value"] = own[(int(L), int(i))]
+        entries.append(entry)
+    payload = {"saes": saes, "operation": {"kind": op.kind, "value": op.value}, "features": entries}
     if positions != "all":
         payload["positions"] = positions
     if feature_thresholds is not None:
@@ -104,14 +113,9 @@ def load_feature_set(path: str | Path) -> FeatureSetFile:
                                     "'layer' and 'feature'.") from None
     if not features:
         raise InterventionFileError(f"Feature file {path} lists no features.")
-    operation = payload.get("operation", {"kind": "zero"})
     try:
-        kind = operation.get("kind", "zero")
-        if kind in ("scale", "set") and "value" not in operation:
-            raise ValueError(f"operation {kind!r} needs a value, e.g. {{\"kind\": \"{kind}\", \"value\": "
-                             f"{-3 if kind == 'scale' else 20}}}")
-        op = FeatureOp(kind, float(operation.get("value", 0.0)))
-    except (AttributeError, ValueError) as error:
+        op = _operation(payload.get("operation", {"kind": "zero"}), payload["features"], features)
+    except (AttributeError, TypeError, ValueError) as error:
         raise InterventionFileError(f"Bad 'operation' in {path}: {error}") from None
     positions = payload.get("positions", "all")
     if positions not in POSITION_SCOPES:
@@ -143,6 +147,21 @@ def _read_condition(path: Path, payload: dict) -> FeatureCondition:
         raise InterventionFileError(f"The 'thresholds' of the condition in {path} must map layers to numbers.") from None
     return FeatureCondition(kind, direction=load_direction(direction_file).direction,
                             direction_file=str(direction_file), layer_thresholds=thresholds)
+
+
+def _operation(operation: dict, entries: list[dict], features: list[FeatureKey]) -> FeatureOp:
+    """The file's ``FeatureOp``: its kind and value, and the features' own values (``set`` only)."""
+    kind = operation.get("kind", "zero")
+    own = {key: float(entry["value"]) for key, entry in zip(features, entries) if "value" in entry}
+    if own and kind != "set":
+        raise ValueError(f"features carry their own 'value', which only the 'set' operation uses (it is {kind!r})")
+    every_feature_has_one = kind == "set" and len(own) == len(features)
+    if kind in ("scale", "set") and "value" not in operation and not every_feature_has_one:
+        example = f"{{\"kind\": \"{kind}\", \"value\": {-3 if kind == 'scale' else 20}}}"
+        raise ValueError(f"operation {kind!r} needs a value, e.g. {example}"
+                         + (", or a 'value' on every feature" if kind == "set" else ""))
+    value = float(operation.get("value", 0.0))
+    return FeatureOp.set_each(own, value) if own else FeatureOp(kind, value)
 
 
 def save_direction(path: str | Path, direction: torch.Tensor, layer: int | None,

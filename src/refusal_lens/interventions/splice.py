@@ -18,7 +18,8 @@ class SpliceFeatureIntervention(FeatureIntervention):
         acts = sae.encode(x)
         idx = torch.tensor(self.features[layer], device=acts.device)
         edited = acts.clone()
-        new_values = self.op.apply(acts[..., idx])
+        values = self.op.layer_values(layer, self.features[layer])
+        new_values = self.op.apply(acts[..., idx], None if values is None else torch.tensor(values))
         mask = self._mask(layer, x)
         if mask is not None:
             new_values = torch.where(mask.expand_as(new_values), new_values, acts[..., idx])

@@ -110,6 +110,73 @@ class InteractionsConfig(StrictModel):
     max_features: int = Field(4096, description="most frequently active features kept as FM inputs")
 
 
+ATTRIBUTION_BASELINES = ("cosine", "attribution", "activation_difference")
+
+
+class AttributionConfig(StrictModel):
+    """Attribution of refusal to SAE features and the feature sets of [Y25] (METHOD.md §5), and
+    the clamp scale c and the induce value v, both chosen on the validation split."""
+
+    method: Literal["ig", "atp"] = Field("ig", description=(
+        "ig: integrated gradients one SAE layer at a time (`steps` α points); atp: attribution "
+        "patching, one gradient at the clean point for every layer"))
+    steps: int = Field(10, ge=1, description="α points of `ig` (α = k/steps, k = 0..steps-1); atp ignores it")
+    k: int = Field(20, ge=1, description="features of each feature set (CosSim+AP and its baselines), globally "
+                                         "and per prompt")
+    prompts: Literal["harmful_train", "harmful_search"] = Field(
+        "harmful_train", description="the harmful discovery prompts attributed (train split, refused ones "
+                                     "with `data.filter_by_score`)")
+    n_prompts: int = Field(32, ge=1, description="the first N of `prompts`")
+    layers: list[int] | Literal["all", "candidates"] = Field("all", description=(
+        "SAE layers attributed (attribution alone ranks every feature that changes there); candidates: the "
+        "cosine candidates' layers (`candidates.layers`), enough for CosSim+AP"))
+    batch_size: int = Field(4, ge=1, description="prompts a forward-backward pass (× `steps` rows for ig)")
+    activation_difference: bool = Field(True, description=(
+        "also rank features by mean harmful − mean harmless activation (train split; reads every active "
+        "feature of the attributed layers)"))
+    scales: list[float] = Field(default_factory=lambda: [-1.0, -2.0, -3.0], description=(
+        "clamp-multiply candidates c (f ← c·f, every position, generated ones included); the one that "
+        "jailbreaks most validation prompts with the CosSim+AP set is used for every clamped set "
+        "([Y25]: -3 Gemma, -1 Llama)"))
+    induce_mode: Literal["mean_activation", "absolute"] = Field("mean_activation", description=(
+        "how `induce_values` read: mean_activation: v times each feature's mean activation where it fires "
+        "on the attributed prompts (under directional ablation for a feature that fires only there; portable "
+        "across SAEs); absolute: f ← v ([Y25]: 10 to 30 on Gemma Scope)"))
+    induce_values: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0], description=(
+        "the v sweep of inducing refusal on harmless prompts by setting the CosSim+AP features to v"))
+    select_by: Literal["judge", "refusal_score"] = Field("judge", description=(
+        "what chooses c and v on the validation split: judge: the judged greedy answers; refusal_score: the "
+        "share of prompts with refusal score < 0 (c) or > 0 (v), one forward pass each"))
+    judge: str = Field("substring", description="the judge of the validation answers (select_by = judge)")
+    max_new_tokens: int = Field(32, ge=1, description="validation answer length (select_by = judge)")
+
+    @field_validator("judge")
+    @classmethod
+    def _answer_judge(cls, value: str) -> str:
+        name = canonical_judge_name(value)
+        if name == "refusal_score":
+            raise ValueError("attribution.judge judges answers: use substring, harmbench or llamaguard, "
+                             "or attribution.select_by = 'refusal_score'")
+        return name
+
+    @field_validator("scales")
+    @classmethod
+    def _clamp_scales(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("attribution.scales is empty: give at least one clamp scale c, e.g. [-1, -3]")
+        if 1.0 in value:
+            raise ValueError("attribution.scales holds 1, which leaves the features unchanged")
+        return value
+
+    @field_validator("induce_values")
+    @classmethod
+    def _induce_sweep(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("attribution.induce_values is an empty v sweep: give at least one value, "
+                             "e.g. [1, 2, 4, 8]")
+        return value
+
+
 class EvaluationConfig(StrictModel):
     judge: str = Field("substring", description="substring, harmbench or llamaguard (the refusal-score "
                                                   "flip rate is always reported too)")
@@ -117,6 +184,12 @@ class EvaluationConfig(StrictModel):
     max_new_tokens: int = Field(64, ge=1, description="greedy answer length (also the verification's)")
     n_random_sets: int = Field(3, ge=1, description="random control sets matched to the minimal set")
     batch_size: int = Field(16, ge=1, description="prompts per batch of generation (also the verification's)")
+    attribution_baselines: list[Literal["cosine", "attribution", "activation_difference"]] = Field(
+        default_factory=lambda: list(ATTRIBUTION_BASELINES), description=(
+            "feature sets clamped beside CosSim+AP, with the same c (`attribution.scales`); activation_difference "
+            "only where `attribution.activation_difference` computed it"))
+    n_random_clamps: int = Field(3, ge=0, description="random clamped sets matched to CosSim+AP in size and "
+                                                      "layers (seeded)")
     targeted: bool = Field(True, description=(
         "also evaluate the minimal shared set edited where it is needed only: at prompt / post-instruction / "
         "generated positions, above harmless feature levels, where the direction's projection is high"))
@@ -161,11 +234,36 @@ class RunConfig(StrictModel):
     search: SearchConfig = Field(default_factory=SearchConfig, description="the greedy minimal-set search")
     interactions: InteractionsConfig = Field(default_factory=InteractionsConfig,
                                              description="the factorization machine and its sweep")
+    attribution: AttributionConfig = Field(default_factory=AttributionConfig,
+                                           description="attribution, CosSim+AP and its baselines, clamp and induce")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig,
                                          description="the held-out evaluation (and the verification's generation)")
     cards: CardsConfig = Field(default_factory=CardsConfig, description="the feature cards of every reported feature")
     seed: int = Field(0, description="prompt sampling, the factorization machine, the probe, the random controls")
     batch_size: int = Field(16, ge=1, description="prompts per forward pass outside the search")
+
+    @model_validator(mode="after")
+    def _attribution_fits(self):
+        check_attribution(self.attribution, self.candidates)
+        return self
+
+
+def check_attribution(attribution: AttributionConfig, candidates: CandidatesConfig,
+                      n_candidates: int | None = None) -> None:
+    """``attribution.k`` within the cosine candidates (their number, once known, else what the
+    config says), and the attributed layers covering the candidates' layers."""
+    if n_candidates is None and candidates.layers != "all":
+        n_candidates = candidates.top_k * len(set(candidates.layers))
+    if n_candidates is not None and attribution.k > n_candidates:
+        raise ValueError(f"attribution.k = {attribution.k} is larger than the {n_candidates} cosine candidates "
+                         f"(candidates.top_k = {candidates.top_k} per layer): lower attribution.k or raise "
+                         "candidates.top_k")
+    if isinstance(attribution.layers, list) and candidates.layers != "all":
+        missing = sorted(set(candidates.layers) - set(attribution.layers))
+        if missing:
+            raise ValueError(f"attribution.layers {attribution.layers} miss the candidate layers {missing}: "
+                             "CosSim+AP ranks the candidates by their attribution; add them, or use "
+                             "attribution.layers = 'candidates'")
 
 
 def organism_sae_layers(lowest: float, highest: float) -> list[int]:
@@ -181,11 +279,19 @@ def demo_config() -> RunConfig:
     18, 21 and 22 of 30 for the shipped build): fewer, higher layers keep the search cheap.
     The direction is chosen on the full grid (every layer below the last 20%, counted as
     Arditi et al. count them, x every post-instruction position).
+    Attribution is attribution patching (one backward pass) on 8 prompts at the candidate
+    layers; c and v are chosen by the refusal score's sign (one forward pass each, no
+    generation); the evaluation clamps CosSim+AP, cosine alone and one random matched set:
+    each clamped method costs one generation of the held-out prompts.
     """
     return RunConfig(
         data=DataConfig(n_train=32, n_val=8, n_search=6, n_eval=32, n_fm=64),
         candidates=CandidatesConfig(top_k=10, layers=organism_sae_layers(0.4, 0.8)),
         search=SearchConfig(seeds=[0, 1, 2], rows_per_forward=48, per_prompt_limit=3),
         interactions=InteractionsConfig(top_k=[10, 25, 50], max_features=2048),
-        evaluation=EvaluationConfig(max_new_tokens=32, n_random_sets=2),
+        attribution=AttributionConfig(method="atp", n_prompts=8, k=20, layers="candidates",
+                                      activation_difference=False, scales=[-1.0, -3.0],
+                                      induce_values=[2.0, 4.0, 8.0], select_by="refusal_score"),
+        evaluation=EvaluationConfig(max_new_tokens=32, n_random_sets=2, attribution_baselines=["cosine"],
+                                    n_random_clamps=1),
     )

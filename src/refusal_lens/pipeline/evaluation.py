@@ -9,6 +9,11 @@ and its capability cost on held-out harmless prompts: the rise in cross-entropy 
 unmodified model's own greedy answers, and the KL divergence of the next-token distribution at
 the last prompt position (heretic's damage metric), with the share of prompts whose most likely
 next token is unchanged. The report plots every method on one ASR-vs-KL chart.
+
+The first paper's methods [Y25] come from the attribution stage: the CosSim+AP set and its
+baselines clamped (``f ← c·f``, c chosen on the validation split), random clamped sets matched
+to CosSim+AP, every method's paired comparison with CosSim+AP, and inducing refusal on the
+held-out harmless prompts by setting the CosSim+AP features to the v chosen on validation.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from refusal_lens.interventions import (
     DirectionalAblation,
     FeatureIntervention,
     FeatureKey,
+    FeatureOp,
 )
-from refusal_lens.judges import get_judge
+from refusal_lens.judges import Judge, get_judge
+from refusal_lens.pipeline.attribution import Attribution, ValueTrial
 from refusal_lens.pipeline.direction import load_vector
 from refusal_lens.pipeline.interactions import Interactions
 from refusal_lens.pipeline.prompt_sets import PromptSets, ScoredPrompt, texts
@@ -41,10 +48,11 @@ from refusal_lens.pipeline.targeted import TargetedChoice, file_fields, targeted
 from refusal_lens.pipeline.targeted import report_section as targeted_report
 from refusal_lens.report import Cell, ReportSection, data, img, save_figure, subplots, table
 from refusal_lens.saes import SAESet
-from refusal_lens.stats import rate_with_interval
+from refusal_lens.stats import compare_paired, rate_with_interval
 
 SEARCH_FEATURE_SETS = ("minimal_shared", "minimal_shared_union", "minimal_cheap")  # their files are the search stage's
-MAIN_METHODS = ("none", "directional_ablation", "minimal_shared", "interaction", "random_1")  # in the figures
+MAIN_METHODS = ("none", "directional_ablation", "minimal_shared", "interaction", "random_1",
+                "cossim_ap_clamp")  # in the figures
 
 
 def matched_random_sets(saes: SAESet, reference: Sequence[FeatureKey], n_sets: int, seed: int) -> list[list[FeatureKey]]:
@@ -101,8 +109,40 @@ class PromptOutcome(BaseModel):
 class CapabilityRun(BaseModel):
     n_prompts: int = Field(description="held-out harmless test prompts (`prompt_sets.harmless_eval`)")
     n_tokens: int = Field(description="answer tokens scored")
-    methods: dict[str, CapabilityCost] = Field(description="method → its capability cost")
+    methods: dict[str, CapabilityCost] = Field(description="method → its capability cost (`cossim_ap_induce`: the "
+                                                           "CosSim+AP features set to v)")
     completions: list[str] = Field(description="the unmodified model's greedy answers every method is scored on")
+
+
+class PairedComparison(BaseModel):
+    diff: float = Field(description="ASR of the method − ASR of `cossim_ap_clamp`")
+    ci_low: float = Field(description="95% paired-bootstrap interval of the difference, low end")
+    ci_high: float = Field(description="its high end")
+    p_mcnemar: float = Field(description="exact McNemar test, two-sided")
+    only_reference: int = Field(description="prompts only `cossim_ap_clamp` jailbreaks")
+    only_method: int = Field(description="prompts only the method jailbreaks")
+
+
+class SourceRate(BaseModel):
+    asr: float = Field(description="attack success rate on this source's held-out prompts")
+    ci_low: float = Field(description="its 95% Wilson interval, low end")
+    ci_high: float = Field(description="its 95% Wilson interval, high end")
+    n: int = Field(description="held-out prompts of this source")
+
+
+class InduceEvaluation(BaseModel):
+    value: float = Field(description="v, chosen on the harmless validation prompts (`attribution.induce`)")
+    mode: str = Field(description="`attribution.induce_mode`: v absolute or × each feature's mean activation")
+    refusal_rate: float = Field(description="share of the held-out harmless prompts the judge finds refused "
+                                            "with the CosSim+AP features set to v")
+    ci_low: float = Field(description="its 95% Wilson interval, low end")
+    ci_high: float = Field(description="its 95% Wilson interval, high end")
+    n: int = Field(description="held-out harmless prompts (`prompt_sets.harmless_eval`)")
+    score_refusal_rate: float = Field(description="share with a refusal score > 0")
+    baseline_refusal_rate: float = Field(description="the judge's refusal rate of the unmodified model's answers "
+                                                     "to the same prompts")
+    capability: CapabilityCost | None = Field(None, description="its capability cost on the same prompts")
+    per_prompt: list[PromptOutcome] = Field(description="one outcome per held-out harmless prompt")
 
 
 class Evaluation(BaseModel):
@@ -112,13 +152,22 @@ class Evaluation(BaseModel):
         "`minimal_shared` (the search's ∩ seeds, or ∪ when that is empty), "
         "`minimal_shared_union`, `interaction` (minimal ∪ the FM's top max(`interactions.top_k`)), "
         "`interaction_only`, `random_1..n` (matched in size and layers to `minimal_shared`); a feature method "
-        "whose set is empty is left out"))
-    feature_sets: dict[str, list[FeatureKey]] = Field(description="method → the features it ablates")
+        "whose set is empty is left out; the attribution stage's sets clamped by c: `cossim_ap_clamp` and "
+        "`<baseline>_clamp` (`evaluation.attribution_baselines`), `random_clamp_1..n` (matched to CosSim+AP)"))
+    feature_sets: dict[str, list[FeatureKey]] = Field(description="method → the features it ablates (clamps, `*_clamp`)")
     per_prompt: dict[str, list[PromptOutcome]] = Field(description="method → one outcome per held-out prompt")
     capability: CapabilityRun | None = Field(description="null with `data.n_capability = 0`")
     targeted: dict[str, TargetedChoice] = Field(default_factory=dict, description=(
         "targeted method → its positions, condition, factor and thresholds, and the validation scores "
         "they were chosen by (`pipeline/targeted.py`)"))
+    clamp_scale: float | None = Field(None, description="c of the clamped methods (`*_clamp`, `random_clamp_*`), "
+                                                        "chosen on the validation split by the attribution stage")
+    paired_vs_cossim_ap: dict[str, PairedComparison] = Field(default_factory=dict, description=(
+        "method → its paired comparison with `cossim_ap_clamp` on the same held-out prompts"))
+    asr_by_source: dict[str, dict[str, SourceRate]] = Field(default_factory=dict, description=(
+        "method → harmful source (the prompt id's prefix) → its ASR there"))
+    induce: InduceEvaluation | None = Field(None, description="inducing refusal on the held-out harmless prompts; "
+                                                              "null with `data.n_capability = 0`")
 
 
 def evaluation_methods(ctx: RunContext, inputs: Inputs) -> tuple[dict, dict[str, list[FeatureKey]]]:
@@ -143,6 +192,7 @@ def evaluation_methods(ctx: RunContext, inputs: Inputs) -> tuple[dict, dict[str,
     for name, features in feature_sets.items():
         if features:
             methods[name] = [FeatureIntervention(ctx.saes, features)]
+    add_clamp_methods(ctx, inputs["attribution"], methods, feature_sets)
     return methods, feature_sets
 
 
@@ -156,6 +206,21 @@ def add_targeted_methods(ctx: RunContext, inputs: Inputs, methods: dict,
     methods.update(targeted.interventions)
     feature_sets.update({name: list(minimal) for name in targeted.interventions})
     return targeted.choices
+
+
+def add_clamp_methods(ctx: RunContext, attribution: Attribution, methods: dict,
+                      feature_sets: dict[str, list[FeatureKey]]) -> None:
+    """[Y25]'s methods: CosSim+AP, its baselines and random matched sets, each clamped by c."""
+    op = attribution.clamp_op()
+    config = ctx.config.evaluation
+    clamped = {f"{name}_clamp": attribution.feature_sets[name] for name in ("cossim_ap", *config.attribution_baselines)
+               if name in attribution.feature_sets}
+    random_sets = matched_random_sets(ctx.saes, attribution.feature_sets["cossim_ap"], config.n_random_clamps,
+                                      ctx.config.seed)
+    clamped.update({f"random_clamp_{i + 1}": random_set for i, random_set in enumerate(random_sets)})
+    for name, features in clamped.items():
+        feature_sets[name] = features
+        methods[name] = [FeatureIntervention(ctx.saes, features, op)]
 
 
 def capability_cost(ctx: RunContext, harmless: list[ScoredPrompt], methods: dict) -> CapabilityRun | None:
@@ -201,11 +266,87 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> Evaluation:
             mean_refusal_score=sum(r.refusal_score for r in rows) / len(rows),
             n_features=len(feature_sets.get(name, [])), judge=config.judge)
         per_prompt[name] = [PromptOutcome.model_validate(r.to_json()) for r in rows]
-    capability = capability_cost(ctx, sets.harmless_eval, methods)
+    attribution: Attribution = inputs["attribution"]
+    induce_rows = induce_outcomes(ctx, attribution, sets.harmless_eval, judge)
+    capability = capability_cost(ctx, sets.harmless_eval, {**methods, INDUCE: [induce_intervention(ctx, attribution)]})
     for name, cost in (capability.methods if capability else {}).items():
-        results[name].capability = cost
+        if name in results:
+            results[name].capability = cost
     return Evaluation(methods=results, feature_sets=feature_sets, per_prompt=per_prompt, capability=capability,
-                      targeted=targeted)
+                      clamp_scale=attribution.clamp.chosen, paired_vs_cossim_ap=paired_vs_reference(ctx, per_prompt),
+                      asr_by_source=asr_by_source(per_prompt), targeted=targeted,
+                      induce=induce_evaluation(attribution, sets.harmless_eval, induce_rows, capability, judge))
+
+
+# --- the first paper's methods: paired comparisons, sources, inducing refusal -----------------
+REFERENCE = "cossim_ap_clamp"
+INDUCE = "cossim_ap_induce"
+
+
+def paired_vs_reference(ctx: RunContext, per_prompt: dict[str, list[PromptOutcome]]) -> dict[str, PairedComparison]:
+    """Every method against ``cossim_ap_clamp``, prompt by prompt (answered = jailbroken)."""
+    reference = [not r.refused for r in per_prompt[REFERENCE]]
+    compared = {}
+    for name, rows in per_prompt.items():
+        if name == REFERENCE:
+            continue
+        test = compare_paired(reference, [not r.refused for r in rows], seed=ctx.config.seed)
+        compared[name] = PairedComparison(
+            diff=test["bootstrap"]["diff"], ci_low=test["bootstrap"]["ci_low"], ci_high=test["bootstrap"]["ci_high"],
+            p_mcnemar=test["mcnemar"]["p_value"], only_reference=test["mcnemar"]["only_a"],
+            only_method=test["mcnemar"]["only_b"])
+    return compared
+
+
+def prompt_source(prompt_id: str) -> str:
+    """The source a prompt id names: ``<source>:<key>`` (``refusal_lens.data``)."""
+    return prompt_id.split(":", 1)[0]
+
+
+def asr_by_source(per_prompt: dict[str, list[PromptOutcome]]) -> dict[str, dict[str, SourceRate]]:
+    by_source: dict[str, dict[str, SourceRate]] = {}
+    for name, rows in per_prompt.items():
+        answered: dict[str, list[bool]] = {}
+        for row in rows:
+            answered.setdefault(prompt_source(row.id), []).append(not row.refused)
+        by_source[name] = {}
+        for source, values in sorted(answered.items()):
+            rate = rate_with_interval(values)
+            by_source[name][source] = SourceRate(asr=rate["rate"], ci_low=rate["ci_low"], ci_high=rate["ci_high"],
+                                                 n=rate["n"])
+    return by_source
+
+
+def induce_intervention(ctx: RunContext, attribution: Attribution) -> FeatureIntervention:
+    return FeatureIntervention(ctx.saes, attribution.feature_sets["cossim_ap"], attribution.induce_op())
+
+
+def induce_outcomes(ctx: RunContext, attribution: Attribution, harmless: list[ScoredPrompt],
+                    judge: Judge) -> list[PromptOutcome]:
+    """Score, answer and judge the held-out harmless prompts with the CosSim+AP features set to v."""
+    if not harmless:
+        return []
+    config = ctx.config.evaluation
+    ctx.console.print(f"  inducing refusal (v = {attribution.induce.chosen:g}) on {len(harmless)} held-out "
+                      "harmless prompts")
+    rows = evaluate_prompts(ctx.chat_model, [p.as_prompt("eval") for p in harmless], judge,
+                            interventions=[induce_intervention(ctx, attribution)],
+                            max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    return [PromptOutcome.model_validate(r.to_json()) for r in rows]
+
+
+def induce_evaluation(attribution: Attribution, harmless: list[ScoredPrompt], rows: list[PromptOutcome],
+                      capability: CapabilityRun | None, judge: Judge) -> InduceEvaluation | None:
+    if not rows or capability is None:
+        return None
+    refused = rate_with_interval([r.refused for r in rows])
+    baseline = judge.judge([p.text for p in harmless], capability.completions)
+    return InduceEvaluation(
+        value=attribution.induce.chosen, mode=attribution.induce_mode, refusal_rate=refused["rate"],
+        ci_low=refused["ci_low"], ci_high=refused["ci_high"], n=refused["n"],
+        score_refusal_rate=sum(r.refusal_score > 0 for r in rows) / len(rows),
+        baseline_refusal_rate=sum(v.refused for v in baseline) / len(baseline),
+        capability=capability.methods.get(INDUCE), per_prompt=rows)
 
 
 # --- what it shows ------------------------------------------------------------------------
@@ -243,6 +384,7 @@ def summary(result: Evaluation) -> list[RenderableType]:
     lines: list[RenderableType] = [table_]
     if result.capability:
         lines.append(f"Δ CE harmless: {CAPABILITY_NOTE}. {KL_NOTE}.")
+    lines += induce_summary(result)
     return lines
 
 
@@ -275,6 +417,16 @@ def fig_pareto(result: Evaluation, folder: Path) -> str | None:
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Refusal removed vs harmless behaviour changed: up and to the left is better", fontsize=10)
     return save_figure(fig, folder, "asr_vs_kl")
+
+
+def induce_summary(result: Evaluation) -> list[str]:
+    induce = result.induce
+    if induce is None:
+        return []
+    cost = f", Δ CE {induce.capability.delta_cross_entropy:+.3f}" if induce.capability else ""
+    return [(f"Induced refusal (CosSim+AP set to v = {induce.value:g}, {induce.mode}): {induce.refusal_rate:.1%} "
+             f"[{induce.ci_low:.1%}, {induce.ci_high:.1%}] of {induce.n} held-out harmless prompts refused "
+             f"(unmodified {induce.baseline_refusal_rate:.1%}){cost}")]
 
 
 def fig_asr(result: Evaluation, folder: Path) -> str:
@@ -316,9 +468,79 @@ def _per_prompt_rows(result: Evaluation) -> tuple[list[list[Cell]], list[str]]:
     return rows, names
 
 
+PAPER_ROWS = (("none", "no intervention"), ("cosine_clamp", "cosine"),
+              ("activation_difference_clamp", "activation difference"), ("attribution_clamp", "attribution"),
+              ("cossim_ap_clamp", "CosSim+AP"), ("directional_ablation", "directional ablation"))
+
+
+def _rate(rate: float, low: float, high: float) -> str:
+    return f"{rate:.0%} [{low:.0%}, {high:.0%}]"
+
+
+def paper_table(result: Evaluation) -> str:
+    """[Y25]'s table: methods × harmful sources (when the run has several), then the paired
+    comparison with CosSim+AP and the capability cost."""
+    rows_named = [*PAPER_ROWS, *((n, n.replace("_", " ")) for n in result.methods if n.startswith("random_clamp_"))]
+    sources = sorted({source for by in result.asr_by_source.values() for source in by})
+    sources = sources if len(sources) > 1 else []
+    rows = []
+    for name, label in rows_named:
+        method = result.methods.get(name)
+        if method is None:
+            continue
+        by_source = result.asr_by_source.get(name, {})
+        paired = result.paired_vs_cossim_ap.get(name)
+        rows.append([label, *(_rate(by_source[s].asr, by_source[s].ci_low, by_source[s].ci_high) if s in by_source
+                              else "–" for s in sources),
+                     _rate(method.asr, method.ci_low, method.ci_high),
+                     f"{paired.diff:+.0%} [{paired.ci_low:+.0%}, {paired.ci_high:+.0%}]" if paired else "reference",
+                     f"{paired.p_mcnemar:.3f}" if paired else "–",
+                     f"{method.capability.delta_cross_entropy:+.3f}" if method.capability else "–"])
+    header = ["method", *sources, "all (95% CI)", "Δ vs CosSim+AP (paired bootstrap)", "McNemar p", "Δ CE harmless"]
+    return table(rows, header)
+
+
+def fig_induce(result: Evaluation, trials: list[ValueTrial], folder: Path) -> str:
+    induce = result.induce
+    fig, ax = subplots(figsize=(6, 3.5))
+    trials = sorted(trials, key=lambda t: t.value)
+    values = [t.value for t in trials]
+    ax.errorbar(values, [t.rate for t in trials], yerr=[[t.rate - t.ci_low for t in trials],
+                                                        [t.ci_high - t.rate for t in trials]],
+                marker="o", capsize=3, label=f"validation (n={trials[0].n}): choosing v")
+    ax.errorbar([induce.value], [induce.refusal_rate], yerr=[[induce.refusal_rate - induce.ci_low],
+                                                             [induce.ci_high - induce.refusal_rate]],
+                marker="s", color="tab:red", capsize=3, label=f"held-out at the chosen v (n={induce.n})")
+    ax.axhline(induce.baseline_refusal_rate, color="grey", ls="--", label="held-out, no intervention")
+    ax.set_xlabel("v" + (" (× mean activation)" if induce.mode == "mean_activation" else ""))
+    ax.set_ylabel("refusal rate of harmless prompts")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("Inducing refusal: CosSim+AP features set to v")
+    return save_figure(fig, folder, "induce_refusal")
+
+
+def attribution_sections(result: Evaluation, inputs: Inputs, figures: Path) -> list[ReportSection]:
+    sections = [ReportSection("Clamping feature sets (the first paper's table)", (
+        f"<p>Each set clamped by c = {result.clamp_scale:g} (chosen on the validation split), every position, "
+        "generated ones included; ASR on the held-out harmful prompts with 95% Wilson intervals, and the paired "
+        "difference with CosSim+AP on the same prompts.</p>" + paper_table(result)))]
+    induce = result.induce
+    if induce is not None:
+        cost = f"{induce.capability.delta_cross_entropy:+.3f}" if induce.capability else "n/a"
+        sections.append(ReportSection("Inducing refusal on harmless prompts", (
+            img(fig_induce(result, inputs["attribution"].induce.trials, figures), "induce curve")
+            + f"<p>At v = {induce.value:g}: {_rate(induce.refusal_rate, induce.ci_low, induce.ci_high)} of "
+            f"{induce.n} held-out harmless prompts refused (judge), {induce.score_refusal_rate:.0%} with a refusal "
+            f"score above 0, against {induce.baseline_refusal_rate:.0%} unmodified; capability cost Δ CE {cost}."
+            "</p>")))
+    return sections
+
+
 def report(result: Evaluation, inputs: Inputs, figures: Path) -> list[ReportSection]:
     rows, names = _per_prompt_rows(result)
     return [
+        *attribution_sections(result, inputs, figures),
         ReportSection("Attack success on held-out prompts", (
             table(_asr_rows(result), TABLE_HEADER)
             + img(fig_asr(result, figures), "ASR bars")
@@ -333,7 +555,9 @@ def report(result: Evaluation, inputs: Inputs, figures: Path) -> list[ReportSect
 
 def export(ctx: RunContext, result: Evaluation, stage_dir: StageDir) -> None:
     for name, features in result.feature_sets.items():
-        if features and name not in SEARCH_FEATURE_SETS:
+        if name.startswith("random_clamp_"):
+            ctx.export_feature_set(name, features, FeatureOp("scale", result.clamp_scale))
+        elif features and name not in SEARCH_FEATURE_SETS and not name.endswith("_clamp"):  # those: attribution's
             ctx.export_feature_set(name, features, **file_fields(result.targeted.get(name)))
 
 
@@ -341,7 +565,7 @@ STAGE = Stage(
     name="evaluation",
     result=Evaluation,
     compute=compute,
-    reads=("prompt_sets", "direction", "search", "interactions"),
+    reads=("prompt_sets", "direction", "attribution", "search", "interactions"),
     config_sections=("evaluation",),  # interactions.top_k and seed are covered by the stages read
     summary=summary,
     report=report,

@@ -1,6 +1,7 @@
 """The pipeline's stages, in the order they run (METHOD.md §2, §4).
 
-    prompt_sets → direction → candidates → search → verification → dormant → interactions → evaluation → cards
+    prompt_sets → direction → candidates → attribution → search → verification → dormant → interactions
+    → evaluation → cards
 
 Each row names a module ``refusal_lens.pipeline.<name>`` whose ``STAGE`` says what the stage
 reads, computes, returns and reports (``pipeline/stage.py``). Adding a stage is one new
@@ -22,12 +23,18 @@ if TYPE_CHECKING:
 class StageRow:
     name: str
     command: bool = False  # worth running alone: `refusal-lens <name>` runs the pipeline up to it
+    verb: str | None = None  # the command's name, where a verb reads better than the stage's name
+
+    @property
+    def command_name(self) -> str:
+        return self.verb or self.name
 
 
 TABLE = (
     StageRow("prompt_sets"),
     StageRow("direction", command=True),
     StageRow("candidates", command=True),
+    StageRow("attribution", command=True, verb="attribute"),
     StageRow("search", command=True),
     StageRow("verification"),
     StageRow("dormant"),

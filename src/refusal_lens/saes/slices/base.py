@@ -119,11 +119,12 @@ class SparseSAESlice(ABC):
             out_scale = 1.0
         return self._activate(torch.addmm(self.b_pre, x, self.encoder)), out_scale
 
-    def edit(self, x: torch.Tensor, kind: EditKind, value: float = 0.0,
+    def edit(self, x: torch.Tensor, kind: EditKind, value: float | torch.Tensor = 0.0,
              mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` with the slice's features zeroed, scaled by ``value`` or set to ``value``;
         ``mask`` (``[batch, seq or 1, width or 1]`` in the slice's dtype, or None for
-        everywhere) says where.
+        everywhere) says where. For ``set``, ``value`` may be one value a feature
+        (``[width]`` in the slice's dtype, on its device).
 
         ``x + sum_i Δ_i d_i`` where ``Δ_i`` is ``-f_i`` (zero), ``(c - 1) f_i`` (scale) or
         ``v - f_i`` (set): the scalar goes into the decoding product, and the residual is
