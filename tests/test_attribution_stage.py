@@ -96,7 +96,7 @@ def test_feature_sets_scores_and_totals_are_the_librarys(setup, attribution_run)
         layer = attributed.layers[total.layer]
         assert total.features + total.error == pytest.approx(float(layer.total().mean()), abs=1e-6)
         assert total.m_change == pytest.approx(float((layer.m_patched_at_layer - attributed.m_clean).mean()), abs=1e-6)
-    assert result.m_patched == pytest.approx(float(attributed.m_patched.mean()), abs=1e-6)
+    assert result.m_patched == pytest.approx(float(attributed.m_patched.mean()), rel=1e-6, abs=1e-6)
 
 
 def test_exported_files_carry_the_chosen_ops(attribution_run):
