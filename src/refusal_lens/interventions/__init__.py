@@ -4,11 +4,12 @@ from refusal_lens.interventions.base import Intervention, intervene
 from refusal_lens.interventions.direction import ActivationAddition, DirectionalAblation, project_out
 from refusal_lens.interventions.feature_op import FeatureKey, FeatureOp, group_by_layer
 from refusal_lens.interventions.features import FeatureIntervention
+from refusal_lens.interventions.pin import CopyEditedTokens, PinnedFeatures, edited_rows_only, twin_batch
 from refusal_lens.interventions.splice import SpliceFeatureIntervention
 from refusal_lens.saes.slices import SparseSAESlice
 
 __all__ = [
-    "ActivationAddition", "DirectionalAblation", "FeatureIntervention", "FeatureKey", "FeatureOp",
-    "Intervention", "SparseSAESlice", "SpliceFeatureIntervention", "group_by_layer", "intervene",
-    "project_out",
+    "ActivationAddition", "CopyEditedTokens", "DirectionalAblation", "FeatureIntervention", "FeatureKey",
+    "FeatureOp", "Intervention", "PinnedFeatures", "SparseSAESlice", "SpliceFeatureIntervention",
+    "edited_rows_only", "group_by_layer", "intervene", "project_out", "twin_batch",
 ]
