@@ -8,6 +8,8 @@
 - :func:`paired_bootstrap`: a percentile bootstrap interval of the difference of two rates
   measured on the same prompts (prompts resampled jointly).
 - :func:`cohen_kappa` / :func:`agreement`: how often two judges agree, beyond chance.
+- :func:`bootstrap_interval` / :func:`mean_with_interval`: a percentile bootstrap interval of any
+  statistic of resampled rows (paired data resampled jointly), and of a mean.
 """
 
 from __future__ import annotations
@@ -148,3 +150,35 @@ def agreement(a: Sequence[bool], b: Sequence[bool]) -> dict:
             "kappa": cohen_kappa(x, y), "both_true": int((x & y).sum()),
             "both_false": int((~x & ~y).sum()), "only_a": int((x & ~y).sum()),
             "only_b": int((~x & y).sum())}
+
+
+def bootstrap_interval(n: int, statistic, *, n_boot: int = 1000, confidence: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(rows)`` over resamples ``rows`` of ``range(n)``
+    (with replacement, size ``n``; paired data is resampled jointly through the row indices).
+
+    Resamples where the statistic is NaN (e.g. an AUROC of a resample with one class) are
+    skipped; with none left, or ``n == 0``, the interval is ``(nan, nan)``.
+    """
+    _z(confidence)
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(n_boot)], dtype=float)
+    values = values[~np.isnan(values)]
+    if not values.size:
+        return float("nan"), float("nan")
+    alpha = 1 - confidence
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def mean_with_interval(values: Sequence[float], *, n_boot: int = 1000, confidence: float = 0.95,
+                       seed: int = 0) -> dict:
+    """``{"mean", "ci_low", "ci_high", "n"}``: the mean of ``values`` (NaN dropped) with a percentile
+    bootstrap interval."""
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    low, high = bootstrap_interval(arr.size, lambda rows: float(arr[rows].mean()), n_boot=n_boot,
+                                   confidence=confidence, seed=seed)
+    return {"mean": float(arr.mean()) if arr.size else float("nan"), "ci_low": low, "ci_high": high,
+            "n": int(arr.size)}
