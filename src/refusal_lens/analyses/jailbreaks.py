@@ -29,7 +29,7 @@ from refusal_lens.hooks import add_output_edit, hooks_removed_on_exit
 from refusal_lens.interventions import FeatureKey, group_by_layer
 from refusal_lens.judges import Judge
 from refusal_lens.generation import generate
-from refusal_lens.models import ChatModel
+from refusal_lens.models import ChatModel, PromptTooLongError
 from refusal_lens.saes import SAESet
 
 
@@ -71,6 +71,20 @@ def file_pairs(adversarial: Sequence[Prompt], plain: Sequence[Prompt], family: s
     row's ``category`` is its attack family."""
     return [JailbreakPair(a.id, a.category or family, a.text, p.text, f"{p.id}:plain")
             for a, p in zip(adversarial, plain)]
+
+
+def fitting_pairs(chat_model: ChatModel, pairs: Sequence[JailbreakPair],
+                  max_new_tokens: int) -> tuple[list[JailbreakPair], int]:
+    """The pairs whose adversarial prompt, plus the answer to generate, fits the model's context;
+    and how many did not."""
+    kept = []
+    for pair in pairs:
+        try:
+            chat_model.tokenize([pair.adversarial], max_new_tokens=max_new_tokens)
+        except PromptTooLongError:
+            continue
+        kept.append(pair)
+    return kept, len(pairs) - len(kept)
 
 
 @dataclass
