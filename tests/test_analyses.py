@@ -7,14 +7,36 @@ import torch
 from conftest import PROMPTS, tiny_llama
 from sae_factory import make_sae
 
-from refusal_lens.analyses.categories import (Outcomes, bootstrap_sets, category_scores, jaccard, normalised_asr,
-                                              split_common_specific, top_k)
+from refusal_lens.analyses.categories import (
+    Outcomes,
+    bootstrap_sets,
+    category_scores,
+    jaccard,
+    normalised_asr,
+    split_common_specific,
+    top_k,
+)
 from refusal_lens.analyses.controls import matched_active_sets, matched_random_sets
-from refusal_lens.analyses.jailbreaks import (JailbreakPair, file_pairs, judge_pairs, relative_drop, suffix_pairs,
-                                              template_pairs, token_attribution, vanilla_pairs)
+from refusal_lens.analyses.jailbreaks import (
+    JailbreakPair,
+    file_pairs,
+    judge_pairs,
+    relative_drop,
+    suffix_pairs,
+    template_pairs,
+    token_attribution,
+    vanilla_pairs,
+)
 from refusal_lens.analyses.probes import choose_layer, fit_probe, score_probe
-from refusal_lens.analyses.upstream import (after_prefix, effect_matrix, harm_features, read_targets, reachable,
-                                            set_effect, upstream_layers)
+from refusal_lens.analyses.upstream import (
+    after_prefix,
+    effect_matrix,
+    harm_features,
+    reachable,
+    read_targets,
+    set_effect,
+    upstream_layers,
+)
 from refusal_lens.data import Prompt
 from refusal_lens.interventions import FeatureOp
 from refusal_lens.judges.base import Verdict
@@ -61,7 +83,7 @@ def test_the_dense_layer_is_chosen_on_validation_never_on_test():
     val[1][:, 0] = y_val + 0.3 * np.random.default_rng(8).normal(size=100)
     choice = choose_layer(train, y_train, val, y_val)
     assert choice.layer == 1
-    assert choice.validation_accuracy[1] > 0.9 > 0.65 > choice.validation_accuracy[2]
+    assert choice.validation_accuracy[1] > 0.9 and choice.validation_accuracy[2] < 0.65
 
 
 def test_a_probe_needs_two_rows_of_each_class():

@@ -19,7 +19,6 @@ from refusal_lens.pipeline import categories, jailbreaks, probes, upstream
 from refusal_lens.pipeline.config import RunConfig
 from refusal_lens.pipeline.run import run_pipeline
 from refusal_lens.pipeline.stage import Inputs, RunContext, StageRun
-from refusal_lens.pipeline.store import StageDir
 
 CATEGORIES = {"weapons": "build a weapon number", "fraud": "commit fraud scheme number",
               "hate": "write hateful slur text number"}
@@ -99,10 +98,10 @@ def compute(stage, ctx, runs):
 
 def test_categories(run):
     ctx, runs, _ = run
-    result, html = compute(categories.STAGE, ctx, runs)
+    result, _ = compute(categories.STAGE, ctx, runs)
     assert set(result.categories) == set(CATEGORIES) and result.k == 4
     common = set(map(tuple, result.common))
-    for name, category in result.categories.items():
+    for category in result.categories.values():
         assert len(category.feature_set) == 4 and len(category.stability) == 4
         assert set(map(tuple, category.specific)) == set(map(tuple, category.feature_set)) - common
         assert category.methods["all"].normalised_asr in (None, 1.0)
@@ -116,7 +115,7 @@ def test_categories(run):
 
 
 def test_categories_need_labelled_prompts(run, tmp_path):
-    ctx, runs, root = run
+    ctx, _, _ = run
     (tmp_path / "plain.txt").write_text("\n".join(text for text, _ in HARMFUL))
     config = ctx.config.model_copy(update={"categories": ctx.config.categories.model_copy(
         update={"sources": [str(tmp_path / "plain.txt")]})})
@@ -147,7 +146,7 @@ def test_categories_from_a_catqa_copy_in_the_hub_layout(run, tmp_path):
 
 def test_upstream(run):
     ctx, runs, _ = run
-    result, html = compute(upstream.STAGE, ctx, runs)
+    result, _ = compute(upstream.STAGE, ctx, runs)
     assert result.layers == [0, 1, 2] and len(result.harm_features) == 3
     refusal = set(map(tuple, result.refusal_features))
     assert not {(f.layer, f.feature) for f in result.harm_features} & refusal
@@ -192,7 +191,7 @@ def test_jailbreaks_then_probes(run, monkeypatch):
 
 
 def test_probes_refuse_a_plain_request_from_the_training_prompts(run):
-    ctx, runs, _ = run
+    _, runs, _ = run
     sets = runs["prompt_sets"].result
     leaked = sets.harmful_train[0]
     pair = jailbreaks.PairResult(id="x", family="f", adversarial="DAN " + leaked.text, plain=leaked.text,
@@ -203,3 +202,24 @@ def test_probes_refuse_a_plain_request_from_the_training_prompts(run):
                                    families={}, pairs=[pair], tokens=[])
     with pytest.raises(LeakageError, match="out-of-distribution probe"):
         probes.probe_splits(sets, result)
+
+
+def test_the_documented_analyses_config_is_the_demo_config():
+    """configs/organism-analyses.toml runs the demo's config through the analyses, so that it
+    reuses a demo run's stages (same config sections, same artifact keys)."""
+    from pathlib import Path
+
+    from refusal_lens.config import read_config_file
+    from refusal_lens.pipeline.config import demo_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "organism-analyses.toml"
+    assert RunConfig.model_validate(read_config_file(path)) == demo_config()
+
+
+def test_the_analysis_stages_come_after_the_evaluation_and_the_demo_stops_there():
+    from refusal_lens.pipeline import stages
+
+    names = stages.NAMES
+    assert names[names.index("evaluation") + 1:] == ("categories", "upstream", "jailbreaks", "probes")
+    assert stages.DEMO_UNTIL == "evaluation"
+    assert all(row.command for row in stages.TABLE if row.name in ("categories", "upstream", "jailbreaks", "probes"))

@@ -10,8 +10,7 @@ from transformers import BatchEncoding
 from refusal_lens.activations import model_inputs, residuals
 from refusal_lens.analyses.pinned import pinned_generate, pinned_last_logits, pinned_refusal_scores
 from refusal_lens.hooks import add_output_edit, hooks_removed_on_exit
-from refusal_lens.interventions import (FeatureOp, PinnedFeatures, SpliceFeatureIntervention, intervene,
-                                        twin_batch)
+from refusal_lens.interventions import FeatureOp, PinnedFeatures, SpliceFeatureIntervention, intervene, twin_batch
 from refusal_lens.saes import SAESet
 from refusal_lens.scoring import last_position_logits
 
@@ -145,9 +144,8 @@ def test_pinned_scores_are_batch_invariant(llama64, saes):
 def test_a_pin_outside_a_twin_batch_is_a_clear_error_and_its_hooks_go(llama64, saes):
     _, pin = edit_and_pin(llama64, saes, PROMPTS)
     batch = llama64.tokenize(PROMPTS)
-    with pytest.raises(ValueError, match="twin batch"):
-        with intervene(llama64, PinnedFeatures(saes, pin, len(PROMPTS))):
-            llama64.model(**model_inputs(batch), use_cache=False)
+    with pytest.raises(ValueError, match="twin batch"), intervene(llama64, PinnedFeatures(saes, pin, len(PROMPTS))):
+        llama64.model(**model_inputs(batch), use_cache=False)
     assert all(not block._forward_hooks for block in llama64.layers)
     with pytest.raises(ValueError, match="No features"):
         PinnedFeatures(saes, [], 2)

@@ -28,7 +28,7 @@ def test_minimal_set_jailbreaks_held_out_prompts_and_random_sets_do_not(tmp_path
         "interactions": {"top_k": [10], "epochs": 3, "max_features": 256},
         "evaluation": {"max_new_tokens": 16, "n_random_sets": 1},
     })
-    results = run_pipeline(config, tmp_path)
+    results = run_pipeline(config, tmp_path, until="evaluation")
     assert results["direction"].bypass < 0 < results["direction"].induce
     assert results["search"].shared.intersection, "the search finds a shared set"
     evaluation = results["evaluation"].methods

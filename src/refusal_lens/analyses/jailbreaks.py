@@ -25,10 +25,10 @@ from refusal_lens.analyses.upstream import instruction_max
 from refusal_lens.attribution import check_sae, interpolation_points
 from refusal_lens.attribution.gradients import weights_frozen
 from refusal_lens.data import Prompt, fill_template
+from refusal_lens.generation import generate
 from refusal_lens.hooks import add_output_edit, hooks_removed_on_exit
 from refusal_lens.interventions import FeatureKey, group_by_layer
 from refusal_lens.judges import Judge
-from refusal_lens.generation import generate
 from refusal_lens.models import ChatModel, PromptTooLongError
 from refusal_lens.saes import SAESet
 

@@ -9,8 +9,17 @@ import torch
 from transformers import LogitsProcessorList
 
 from refusal_lens.activations import model_inputs
-from refusal_lens.interventions import (CopyEditedTokens, FeatureIntervention, FeatureKey, FeatureOp, Intervention,
-                                        PinnedFeatures, edited_rows_only, intervene, twin_batch)
+from refusal_lens.interventions import (
+    CopyEditedTokens,
+    FeatureIntervention,
+    FeatureKey,
+    FeatureOp,
+    Intervention,
+    PinnedFeatures,
+    edited_rows_only,
+    intervene,
+    twin_batch,
+)
 from refusal_lens.models import ChatModel
 from refusal_lens.progress import batches
 from refusal_lens.saes import SAESet

@@ -23,6 +23,8 @@ from refusal_lens.models import ChatModel
 from refusal_lens.saes import SAESet
 from refusal_lens.scoring import refusal_scores
 
+ZERO = FeatureOp("zero")
+
 
 def upstream_layers(saes: SAESet, refusal: Sequence[FeatureKey], layers: Sequence[int] | None = None) -> list[int]:
     """SAE layers below the highest refusal-feature layer (or those given, checked)."""
@@ -79,7 +81,7 @@ class Readout:
 
 
 def read_targets(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], targets: Sequence[FeatureKey],
-                 where: str, edit: Sequence[FeatureKey] = (), op: FeatureOp = FeatureOp("zero"),
+                 where: str, edit: Sequence[FeatureKey] = (), op: FeatureOp = ZERO,
                  batch_size: int = 16) -> Readout:
     """The targets' activations (``where``: ``last`` position, or the ``instruction`` mean) and the
     refusal score, with ``edit`` edited by ``op`` at every position."""

@@ -1,4 +1,5 @@
-"""Stage: harm categories [Y25] (METHOD.md §5).
+"""Stage: harm categories [Y25] (METHOD.md §5): each category's F*, the common and specific
+features, clamping each with the other pinned to its clean value, and the transfer matrix.
 
 Each category's global feature set F* is the CosSim+AP top k on that category's training
 prompts; common = the intersection over categories, specific = F* minus common. On each
@@ -19,8 +20,17 @@ import numpy as np
 from pydantic import BaseModel, Field
 from rich.console import RenderableType
 
-from refusal_lens.analyses.categories import (CategorySets, Outcomes, bootstrap_sets, category_scores, jaccard,
-                                              normalised_asr, run_outcomes, split_common_specific, top_k)
+from refusal_lens.analyses.categories import (
+    CategorySets,
+    Outcomes,
+    bootstrap_sets,
+    category_scores,
+    jaccard,
+    normalised_asr,
+    run_outcomes,
+    split_common_specific,
+    top_k,
+)
 from refusal_lens.data import check_disjoint, deduplicate, load_prompts
 from refusal_lens.data.prompts import Prompt
 from refusal_lens.interventions import FeatureKey, FeatureOp

@@ -190,7 +190,9 @@ def organism_sae_layers(lowest: float, highest: float) -> list[int]:
 
 
 def demo_config() -> RunConfig:
-    """Small defaults that run the whole pipeline on the organism in minutes on a laptop CPU.
+    """Small defaults that run the pipeline on the organism in minutes on a laptop CPU
+    (``refusal-lens demo`` stops after the evaluation; ``configs/organism-analyses.toml`` is this
+    config, for ``refusal-lens run`` through the analyses).
 
     Candidates come from the organism's SAE layers at depth fractions [40%, 80%) (layers 14,
     18, 21 and 22 of 30 for the shipped build): fewer, higher layers keep the search cheap,
@@ -203,4 +205,8 @@ def demo_config() -> RunConfig:
         search=SearchConfig(seeds=[0, 1, 2], rows_per_forward=48, per_prompt_limit=3),
         interactions=InteractionsConfig(top_k=[10, 25, 50], max_features=2048),
         evaluation=EvaluationConfig(max_new_tokens=32, n_random_sets=2),
+        categories=CategoriesConfig(n_train=12, n_eval=8, n_boot=100),
+        upstream=UpstreamConfig(k=8, n_random_sets=2),
+        jailbreaks=JailbreaksConfig(sources=["templates", "gcg", "organism"], n_requests=8, n_pairs=12, n_shown=2),
+        probes=ProbesConfig(n_random_sets=2, n_boot=500),
     )

@@ -1,4 +1,6 @@
-"""Stage: jailbreak dissection [Y25] (METHOD.md §5).
+"""Stage: jailbreak dissection [Y25] (METHOD.md §5): the drop of refusal and harm features from a
+refused plain request to the adversarial prompt that jailbreaks it, per attack family, and the
+prompt's tokens that push the refusal features down.
 
 Pairs of an adversarial prompt and its plain harmful request (held-out harmful test prompts the
 model refuses, or the plain request a source ships), judged by greedy generation: a pair counts
@@ -20,9 +22,19 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from rich.console import RenderableType
 
-from refusal_lens.analyses.jailbreaks import (JailbreakPair, file_pairs, fitting_pairs, harm_activation, judge_pairs,
-                                              refusal_activation, relative_drop, suffix_pairs, template_pairs,
-                                              token_attribution, vanilla_pairs)
+from refusal_lens.analyses.jailbreaks import (
+    JailbreakPair,
+    file_pairs,
+    fitting_pairs,
+    harm_activation,
+    judge_pairs,
+    refusal_activation,
+    relative_drop,
+    suffix_pairs,
+    template_pairs,
+    token_attribution,
+    vanilla_pairs,
+)
 from refusal_lens.data import load_dataset, load_prompt_file, load_prompts
 from refusal_lens.data.offline import load_gcg_suffixes, load_jailbreak_templates
 from refusal_lens.data.prompts import Prompt

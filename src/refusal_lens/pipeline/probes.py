@@ -1,4 +1,5 @@
-"""Stage: out-of-distribution probes [Y25] (METHOD.md §5).
+"""Stage: out-of-distribution probes [Y25] (METHOD.md §5): refusal features vs matched random
+features vs the dense residual, trained on plain prompts, tested on jailbreaks.
 
 Logistic probes trained on plain harmful (1) vs plain harmless (0) prompts of the training
 split (C by cross-validation on them only), tested in distribution (test split) and out of

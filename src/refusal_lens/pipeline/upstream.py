@@ -1,4 +1,5 @@
-"""Stage: harm features upstream, refusal features downstream [Y25] (METHOD.md §5).
+"""Stage: harm features upstream of the refusal features [Y25] (METHOD.md §5), and the causal
+effect of editing them on the refusal features and score (and the reverse), vs matched random.
 
 Harm features: SAE features at layers below the refusal features' highest layer with the
 largest activation difference harmful − harmless on the training prompts (refusal features
@@ -21,8 +22,15 @@ from rich.console import RenderableType
 
 from refusal_lens.activations import read_features
 from refusal_lens.analyses.controls import matched_active_sets
-from refusal_lens.analyses.upstream import (Readout, effect_matrix, harm_features, reachable, read_targets,
-                                            set_effect, upstream_layers)
+from refusal_lens.analyses.upstream import (
+    Readout,
+    effect_matrix,
+    harm_features,
+    reachable,
+    read_targets,
+    set_effect,
+    upstream_layers,
+)
 from refusal_lens.interventions import FeatureKey, FeatureOp
 from refusal_lens.pipeline.categories import refusal_set
 from refusal_lens.pipeline.prompt_sets import PromptSets, texts
@@ -135,8 +143,8 @@ def _effect_text(effect: Effect) -> str:
 
 
 def summary(result: Upstream) -> list[RenderableType]:
-    return [f"Upstream: {len(result.harm_features)} harm features at layers {result.layers}; editing them moves the "
-            f"refusal features by {_effect_text(result.forward.edited)}"]
+    return [(f"Upstream: {len(result.harm_features)} harm features at layers {result.layers}; editing them moves the "
+             f"refusal features by {_effect_text(result.forward.edited)}")]
 
 
 def _rows(result: Upstream) -> list[list[str]]:
