@@ -223,3 +223,27 @@ def test_the_analysis_stages_come_after_the_evaluation_and_the_demo_stops_there(
     assert names[names.index("evaluation") + 1:] == ("categories", "upstream", "jailbreaks", "probes")
     assert stages.DEMO_UNTIL == "evaluation"
     assert all(row.command for row in stages.TABLE if row.name in ("categories", "upstream", "jailbreaks", "probes"))
+
+
+@pytest.mark.parametrize("section, sources, expected", [
+    ("categories", ["no-such-set"], "unknown source 'no-such-set'"),
+    ("categories", ["missing.csv"], "missing.csv does not exist"),
+    ("categories", [], "at least one source"),
+    ("jailbreaks", ["templates", "tense"], "unknown source 'tense'"),
+])
+def test_an_unknown_analysis_source_fails_when_the_config_loads(section, sources, expected):
+    with pytest.raises(ValueError, match=expected):
+        RunConfig.model_validate({section: {"sources": sources}})
+    assert RunConfig.model_validate({"jailbreaks": {"sources": ["organism", "catqa=/some/copy"]}})
+
+
+def test_a_bad_analysis_config_is_one_line_and_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from refusal_lens.cli import app
+
+    path = tmp_path / "bad.toml"
+    path.write_text('[categories]\nsources = ["no-such-set"]\n')
+    result = CliRunner().invoke(app, ["categories", "--config", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "no-such-set" in result.output
+    assert not (tmp_path / "run").exists()

@@ -6,11 +6,14 @@ Each pipeline stage declares the sections its artifacts depend on (``Stage.confi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from refusal_lens.config import ModelConfig, SAEConfig, StrictModel
+from refusal_lens.data import REGISTRY
+from refusal_lens.data.registry import looks_like_file
 from refusal_lens.judges import canonical_judge_name
 from refusal_lens.organism import manifest as organism_manifest
 from refusal_lens.organism.base import N_LAYERS as ORGANISM_N_LAYERS
@@ -104,6 +107,26 @@ class EvaluationConfig(StrictModel):
         return name
 
 
+JAILBREAK_KEYWORDS = ("templates", "gcg", "organism")
+
+
+def check_prompt_sources(sources: list[str], section: str, keywords: tuple[str, ...] = ()) -> list[str]:
+    """Fail at load time, not after the stages before, on a source that is neither a keyword, a
+    registered set (``NAME`` or ``NAME=LOCAL_COPY``) nor an existing prompt file."""
+    if not sources:
+        raise ValueError(f"{section} needs at least one source.")
+    for source in sources:
+        if source in keywords or source.split("=", 1)[0] in REGISTRY:
+            continue
+        if looks_like_file(source):
+            if not Path(source).expanduser().is_file():
+                raise ValueError(f"{section}: prompt file {source} does not exist.")
+            continue
+        known = ", ".join([*keywords, "a registered set (refusal-lens datasets list)", "a prompt file"])
+        raise ValueError(f"{section}: unknown source {source!r}; use {known}.")
+    return sources
+
+
 class CategoriesConfig(StrictModel):
     sources: list[str] = Field(default_factory=lambda: ["donotanswer"], description=(
         "category-labelled harmful prompts: registered sets (donotanswer: its 5 risk areas; catqa or "
@@ -125,6 +148,11 @@ class CategoriesConfig(StrictModel):
     transfer: bool = Field(True, description="apply each category's specific set to every other category")
     n_boot: int = Field(200, ge=10, description="bootstrap resamples of each category's prompts for the overlap "
                                                 "intervals")
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, value: list[str]) -> list[str]:
+        return check_prompt_sources(value, "categories.sources")
 
 
 class UpstreamConfig(StrictModel):
@@ -151,6 +179,11 @@ class JailbreaksConfig(StrictModel):
     n_pairs: int = Field(32, ge=1, description="candidate pairs per source (templates, gcg: sampled)")
     n_shown: int = Field(3, ge=0, description="pairs with the largest refusal-feature drop shown token by token")
     steps: int = Field(16, ge=1, description="integrated-gradient steps of the per-token attribution")
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, value: list[str]) -> list[str]:
+        return check_prompt_sources(value, "jailbreaks.sources", JAILBREAK_KEYWORDS)
 
 
 class ProbesConfig(StrictModel):
