@@ -105,6 +105,8 @@ def test_categories(run):
         assert len(category.feature_set) == 4 and len(category.stability) == 4
         assert set(map(tuple, category.specific)) == set(map(tuple, category.feature_set)) - common
         assert category.methods["all"].normalised_asr in (None, 1.0)
+        refusal = set(map(tuple, runs["attribution"].result.feature_sets["cossim_ap"]))
+        assert category.shared_with_global == len(set(map(tuple, category.feature_set)) & refusal)
         assert category.n_train == 5 and 2 <= category.n_eval <= 4
         if category.specific:
             assert set(map(tuple, category.methods["specific"].pinned)) == common

@@ -124,6 +124,8 @@ class CategoryResult(BaseModel):
     stability: list[float] = Field(description="per member of F*, the share of bootstrap resamples of the "
                                                "training prompts whose F* keeps it")
     specific: list[FeatureKey] = Field(description="F* minus the common features")
+    shared_with_global: int = Field(description="members of F* in the global CosSim+AP set (the attribution stage's, "
+                                                "on every harmful training prompt)")
     methods: dict[str, MethodOutcome] = Field(description="`all`, `specific` (common pinned), `common` (specific "
                                                           "pinned); a method with nothing to clamp is left out")
 
@@ -184,7 +186,7 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> HarmCategories:
     k = attribution_setting(ctx.config, config, "k")
     method = attribution_setting(ctx.config, config, "method")
     steps = attribution_setting(ctx.config, config, "steps")
-    refusal_set(inputs)  # the stage reads the attribution stage: fail early when it found nothing
+    global_set = set(refusal_set(inputs))
     candidates: Candidates = inputs["candidates"]
     keys = candidates.keys()
     train, test, left_out = category_prompts(ctx)
@@ -199,6 +201,7 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> HarmCategories:
     categories, transfer = _interventions(ctx, sets, train, test)
     for name, result in categories.items():
         result.stability = [intervals.stability[name][f] for f in sets.per_category[name]]
+        result.shared_with_global = len(set(sets.per_category[name]) & global_set)
     names = list(sets.per_category)
     return HarmCategories(
         sources=config.sources, k=k, method=method, op=config.op, scale=config.scale,
@@ -228,7 +231,7 @@ def _interventions(ctx: RunContext, sets: CategorySets, train, test) -> tuple[di
             outcomes[name] = done
             categories[name] = CategoryResult(
                 n_train=len(train[name]), n_eval=len(test[name]), feature_set=sets.per_category[name], stability=[],
-                specific=sets.specific[name],
+                specific=sets.specific[name], shared_with_global=0,
                 methods={m: _outcome(o, done["all"], *plan[m], seed) for m, o in done.items()})
         if ctx.config.categories.transfer:
             for source in plans:
@@ -263,9 +266,8 @@ def _label(feature) -> str:
 
 def fig_overlap(result: HarmCategories, folder: Path) -> str:
     names = list(result.categories)
-    union = sorted({tuple(f) for c in result.categories.values() for f in c.feature_set},
-                   key=lambda f: (-sum(tuple(f) in {tuple(g) for g in c.feature_set} for c in result.categories.values()),
-                                  f))
+    members = [{tuple(f) for f in c.feature_set} for c in result.categories.values()]
+    union = sorted(set().union(*members), key=lambda f: (-sum(f in m for m in members), f))
     fig, (left, right) = subplots(ncols=2, figsize=(12, max(4, 0.5 * len(names) + 2)),
                                   gridspec_kw={"width_ratios": [1, 1.4]})
     matrix = [[result.jaccard[a][b] for b in names] for a in names]
@@ -340,7 +342,8 @@ def fig_normalised(result: HarmCategories, folder: Path) -> str:
 def _rows(result: HarmCategories) -> list[list[str]]:
     rows = []
     for name, category in result.categories.items():
-        row = [name, category.n_train, category.n_eval, f"{len(category.specific)}/{len(category.feature_set)}"]
+        row = [name, category.n_train, category.n_eval, f"{len(category.specific)}/{len(category.feature_set)}",
+               f"{category.shared_with_global}/{len(category.feature_set)}"]
         for method in METHODS:
             m = category.methods.get(method)
             row.append("–" if m is None else f"{m.asr:.0%} [{m.ci[0]:.0%}, {m.ci[1]:.0%}]"
@@ -359,8 +362,9 @@ def report(result: HarmCategories, inputs: Inputs, figures: Path) -> list[Report
             f"× the ASR over that of all F*.</p>")
     if result.left_out:
         text += f"<p>Left out: {html.escape('; '.join(result.left_out))}.</p>"
-    body = (text + table(_rows(result), ["category", "train", "held out", "specific / F*", "all F*",
-                                         "specific (common pinned)", "common (specific pinned)"])
+    header = ["category", "train", "held out", "specific / F*", "in the global set", "all F*",
+              "specific (common pinned)", "common (specific pinned)"]
+    body = (text + table(_rows(result), header)
             + img(fig_overlap(result, figures), "category overlap")
             + img(fig_normalised(result, figures), "normalised ASR")
             + img(fig_transfer(result, figures), "transfer heatmap"))
