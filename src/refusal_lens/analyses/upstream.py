@@ -20,6 +20,7 @@ from refusal_lens.activations import FeatureActivations, read_features
 from refusal_lens.attribution import ScoredFeature, activation_difference_features
 from refusal_lens.interventions import FeatureIntervention, FeatureKey, FeatureOp
 from refusal_lens.models import ChatModel
+from refusal_lens.progress import make_progress
 from refusal_lens.saes import SAESet
 from refusal_lens.scoring import refusal_scores
 
@@ -111,10 +112,13 @@ def effect_matrix(chat_model: ChatModel, saes: SAESet, instructions: Sequence[st
     """Editing each source alone: ``[sources, targets]`` mean change of each target's activation,
     and ``[sources]`` mean change of the refusal score (edited − clean, over the prompts)."""
     matrix, score = [], []
-    for source in sources:
-        edited = read_targets(chat_model, saes, instructions, targets, where, [source], op, batch_size)
-        matrix.append((edited.targets - base.targets).mean(0))
-        score.append((edited.score - base.score).mean())
+    with make_progress() as progress:
+        task = progress.add_task("one feature edited at a time", total=len(sources))
+        for source in sources:
+            edited = read_targets(chat_model, saes, instructions, targets, where, [source], op, batch_size)
+            matrix.append((edited.targets - base.targets).mean(0))
+            score.append((edited.score - base.score).mean())
+            progress.advance(task)
     return torch.stack(matrix), torch.stack(score)
 
 

@@ -106,7 +106,7 @@ def _last_token_features(ctx: RunContext, texts: list[str], features: list[Featu
 
 def _last_token_residuals(ctx: RunContext, texts: list[str], layers: list[int]) -> dict[int, np.ndarray]:
     parts: dict[int, list[np.ndarray]] = {L: [] for L in layers}
-    for chunk in batches(texts, ctx.config.batch_size):
+    for chunk in batches(texts, ctx.config.batch_size, "residuals"):
         for layer, values in residuals(ctx.chat_model, chunk, layers, positions=[-1]).items():
             parts[layer].append(values[:, 0].double().cpu().numpy())
     return {L: np.concatenate(v) for L, v in parts.items()}
