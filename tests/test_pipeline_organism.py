@@ -31,7 +31,7 @@ def test_minimal_set_jailbreaks_held_out_prompts_and_random_sets_do_not(tmp_path
         "evaluation": {"max_new_tokens": 16, "n_random_sets": 1, "attribution_baselines": ["cosine"],
                        "n_random_clamps": 1},
     })
-    results = run_pipeline(config, tmp_path)
+    results = run_pipeline(config, tmp_path, until="evaluation")
     assert results["direction"].bypass < 0 < results["direction"].induce
     assert results["search"].shared.intersection, "the search finds a shared set"
     evaluation = results["evaluation"].methods

@@ -8,7 +8,8 @@
 - :func:`paired_bootstrap`: a percentile bootstrap interval of the difference of two rates
   measured on the same prompts (prompts resampled jointly).
 - :func:`cohen_kappa` / :func:`agreement`: how often two judges agree, beyond chance.
-- :func:`mean_with_interval`: a mean with its percentile-bootstrap interval.
+- :func:`bootstrap_interval` / :func:`mean_with_interval`: a percentile bootstrap interval of any
+  statistic of resampled rows (paired data resampled jointly), and of a mean.
 """
 
 from __future__ import annotations
@@ -151,15 +152,32 @@ def agreement(a: Sequence[bool], b: Sequence[bool]) -> dict:
             "only_b": int((~x & y).sum())}
 
 
+def bootstrap_interval(n: int, statistic, *, n_boot: int = 1000, confidence: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(rows)`` over resamples ``rows`` of ``range(n)``
+    (with replacement, size ``n``; paired data is resampled jointly through the row indices).
+
+    Resamples where the statistic is NaN (e.g. an AUROC of a resample with one class) are
+    skipped; with none left, or ``n == 0``, the interval is ``(nan, nan)``.
+    """
+    _z(confidence)
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(n_boot)], dtype=float)
+    values = values[~np.isnan(values)]
+    if not values.size:
+        return float("nan"), float("nan")
+    alpha = 1 - confidence
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
 def mean_with_interval(values: Sequence[float], *, n_boot: int = 10_000, confidence: float = 0.95,
                        seed: int = 0) -> dict:
-    """``{"mean", "ci_low", "ci_high", "n"}``: the mean and its percentile-bootstrap interval.
-
-    An empty list gives ``mean = nan`` and a NaN interval.
-    """
-    arr = np.asarray(list(values), dtype=float)
-    if arr.ndim != 1:
-        raise ValueError("values must be a flat sequence of numbers")
+    """``{"mean", "ci_low", "ci_high", "n"}``: the mean of ``values`` (None and NaN dropped) and its
+    percentile-bootstrap interval; no values give ``mean = nan`` and a NaN interval."""
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     _z(confidence)
     if arr.size == 0:
         return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}

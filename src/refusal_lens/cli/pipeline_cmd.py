@@ -64,7 +64,7 @@ def _load_config(config: Path | None, overrides: dict, base: dict | None = None)
     return build_config(RunConfig, None, deep_update(data, overrides))
 
 
-def _run(config, out: Path, until: str = stages.NAMES[-1]) -> dict[str, BaseModel]:
+def _run(config, out: Path, until: str | None = None) -> dict[str, BaseModel]:
     from refusal_lens.pipeline.run import run_pipeline
 
     check_output(out, folder=True)
@@ -79,7 +79,7 @@ def run_command(out: OutOpt = Path("runs/latest"), config: ConfigOpt = None, mod
                 device_map: DeviceMapOpt = None, seed: SeedOpt = None, n_search: NSearchOpt = None,
                 n_eval: NEvalOpt = None, top_k: TopKOpt = None, tau: TauOpt = None, judge: JudgeOpt = None,
                 thinking: ThinkingOpt = None) -> None:
-    """The whole refusal-feature search: prompts → direction → candidates → minimal sets → verification → dormant → interactions → evaluation → feature cards."""
+    """The whole refusal-feature search: prompts → direction → candidates → minimal sets → verification → dormant → interactions → evaluation → feature cards → harm categories → upstream harm features → jailbreaks → probes."""
     overrides = _overrides(model, saes, device, dtype, device_map, seed, n_search, n_eval, top_k, tau, thinking)
     overrides["evaluation"] = {"judge": judge}
     run_config = _load_config(config, overrides)
@@ -88,12 +88,12 @@ def run_command(out: OutOpt = Path("runs/latest"), config: ConfigOpt = None, mod
 
 @friendly_errors
 def demo_command(out: OutOpt = Path("runs/demo"), device: DeviceOpt = None, seed: SeedOpt = None) -> None:
-    """The whole pipeline on the embedded organism with small defaults (minutes on a laptop CPU)."""
+    """The refusal-feature search and its evaluation on the embedded organism with small defaults (minutes on a laptop CPU); the analyses after it: run --config configs/organism-analyses.toml."""
     from refusal_lens.pipeline.config import demo_config
 
     base = demo_config().model_dump(mode="json")
     run_config = _load_config(None, _overrides(None, None, device, None, None, seed, None, None, None, None), base)
-    print_headline(_run(run_config, out), out)
+    print_headline(_run(run_config, out, until=stages.DEMO_UNTIL), out)
 
 
 def _stage_command(stage: str):

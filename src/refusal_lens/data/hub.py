@@ -190,6 +190,7 @@ HUB_SPECS: dict[str, HubSpec] = {
     "wildjailbreak-vanilla-harmful": _wildjailbreak("train", "vanilla", "vanilla_harmful"),
     "wildjailbreak-vanilla-benign": _wildjailbreak("train", "vanilla", "vanilla_benign"),
     "wildjailbreak-adversarial-harmful": _wildjailbreak("eval", "adversarial", "adversarial_harmful"),
+    "wildjailbreak-adversarial-harmful-train": _wildjailbreak("train", "adversarial", "adversarial_harmful"),
     "wildjailbreak-adversarial-benign": _wildjailbreak("eval", "adversarial", "adversarial_benign"),
     "catqa": HubSpec("declare-lab/CategoricalHarmfulQA", "en", "Question", category_field="Category",
                      meta_fields=("Subcategory",)),

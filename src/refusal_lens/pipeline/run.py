@@ -24,13 +24,14 @@ from refusal_lens.report import write_report
 RESULT_FILE = "result.json"
 
 
-def run_pipeline(config: RunConfig, out_dir: str | Path, *, until: str = stages.NAMES[-1],
+def run_pipeline(config: RunConfig, out_dir: str | Path, *, until: str | None = None,
                  console: Console | None = None) -> dict[str, BaseModel]:
-    """Run (or reuse) every stage up to ``until``; write results, exported files and the report.
+    """Run (or reuse) every stage up to ``until`` (default: the last); write results, exported
+    files and the report.
 
     Returns each stage's result by stage name, in order.
     """
-    names = stages.names_until(until)
+    names = stages.names_until(until or stages.NAMES[-1])
     ctx = RunContext(config, Path(out_dir), console or Console(stderr=True))
     runs: dict[str, StageRun] = {}
     for name in names:

@@ -1,7 +1,7 @@
-"""The pipeline's stages, in the order they run (METHOD.md §2, §4).
+"""The pipeline's stages, in the order they run (METHOD.md §2, §4, §5).
 
     prompt_sets → direction → candidates → attribution → search → verification → dormant → interactions
-    → evaluation → cards
+    → evaluation → cards → categories → upstream → jailbreaks → probes
 
 Each row names a module ``refusal_lens.pipeline.<name>`` whose ``STAGE`` says what the stage
 reads, computes, returns and reports (``pipeline/stage.py``). Adding a stage is one new
@@ -41,7 +41,12 @@ TABLE = (
     StageRow("interactions", command=True),
     StageRow("evaluation"),
     StageRow("cards"),
+    StageRow("categories", command=True),
+    StageRow("upstream", command=True),
+    StageRow("jailbreaks", command=True),
+    StageRow("probes", command=True),
 )
+DEMO_UNTIL = "cards"  # `refusal-lens demo` stops here; the analyses after it: configs/organism-analyses.toml
 NAMES = tuple(row.name for row in TABLE)
 
 

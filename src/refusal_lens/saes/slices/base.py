@@ -27,8 +27,10 @@ EditKind = Literal["zero", "scale", "set"]
 def fold_b_dec(b_enc: torch.Tensor, b_dec_in: torch.Tensor, encoder: torch.Tensor,
                dtype: torch.dtype) -> torch.Tensor:
     """``c - b E``: with it, ``(x - b) E + c = x E + (c - b E)`` is one fused matrix product
-    instead of a pass over the residual and a product."""
-    return (b_enc.float() - (b_dec_in.to(encoder.dtype) @ encoder).float()).to(dtype)
+    instead of a pass over the residual and a product. Computed in float32 at least (float64
+    for a float64 SAE, so that its slices agree with the SAE to float64 rounding)."""
+    work = torch.promote_types(dtype, torch.float32)
+    return (b_enc.to(work) - (b_dec_in.to(encoder.dtype) @ encoder).to(work)).to(dtype)
 
 
 class SparseSAESlice(ABC):
@@ -77,7 +79,8 @@ class SparseSAESlice(ABC):
         """``[tokens, width]`` activations from the pre-activations ``x E + b_pre`` (may work in place)."""
 
     def _folded_bias(self) -> torch.Tensor:
-        return fold_b_dec(self.b_enc, self.b_dec_in, self.encoder.float(), self.dtype)
+        return fold_b_dec(self.b_enc, self.b_dec_in, self.encoder.to(torch.promote_types(self.dtype, torch.float32)),
+                          self.dtype)
 
     def _padded_width(self) -> int:
         """Zero features pad the slice to a multiple of ``ALIGN``, so that both products have
