@@ -24,8 +24,8 @@ def command_lines(doc: str) -> list[str]:
     """``refusal-lens ...`` lines of code blocks and code spans; ``a|b`` sub-commands expanded."""
     text = (ROOT / doc).read_text()
     found = re.findall(r"`((?:\.venv/bin/)?refusal-lens [^`]+)`", text)
-    found += [line.strip() for block in re.findall(r"```(?:bash|sh|shell)?\n(.*?)```", text, flags=re.S)
-              for line in block.splitlines() if "refusal-lens " in line]
+    found += [line.strip() for lang, block in re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
+              if lang in ("", "bash", "sh", "shell") for line in block.splitlines() if "refusal-lens " in line]
     found += re.findall(r"^ {4}(?:\./scripts/setup\.sh && )?(\.venv/bin/refusal-lens .+?)\s*(?:#.*)?$", text, flags=re.M)
     commands = []
     for line in found:

@@ -80,7 +80,7 @@ def full_run(setup):
     out = root / "run"
     with pytest.MonkeyPatch.context() as monkeypatch:
         necessary = script_search(monkeypatch, out, config)
-        results = run_pipeline(RunConfig.model_validate(config), out, until="evaluation")
+        results = run_pipeline(RunConfig.model_validate(config), out, until="cards")
     return out, results, necessary
 
 
