@@ -27,8 +27,10 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
+from refusal_lens import distributed
 from refusal_lens.interventions import FeatureIntervention, FeatureKey, FeatureOp
 from refusal_lens.models import ChatModel
+from refusal_lens.models.batches import run_batched
 from refusal_lens.pipeline.candidates import Candidates
 from refusal_lens.pipeline.prompt_sets import PromptSets, texts
 from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
@@ -40,6 +42,7 @@ from refusal_lens.saes import SAESet
 from refusal_lens.scoring import refusal_score_from_logits
 
 CHECKPOINT = "checkpoint.json"
+DEFAULT_ROWS = 64  # (prompt, feature set) rows a forward pass on the CPU
 
 
 @dataclass
@@ -69,10 +72,12 @@ class Evaluation:
 
 
 class SetEvaluator:
-    """Refusal scores of many (prompt, ablation set) pairs, ``rows_per_forward`` per forward pass."""
+    """Refusal scores of many (prompt, ablation set) pairs, ``rows_per_forward`` per forward pass
+    (None: as many as fit the GPU, ``DEFAULT_ROWS`` on the CPU); in a data-parallel run the
+    pairs are split over the processes and every process gets every score."""
 
     def __init__(self, chat_model: ChatModel, saes: SAESet, cache: PrefixCache, op: FeatureOp,
-                 rows_per_forward: int, universe: Sequence[FeatureKey] | None = None):
+                 rows_per_forward: int | None = None, universe: Sequence[FeatureKey] | None = None):
         self.chat_model, self.saes, self.cache, self.op = chat_model, saes, cache, op
         self.rows_per_forward = rows_per_forward
         self.universe = universe  # every set is a subset: slices are built once and shared
@@ -80,22 +85,24 @@ class SetEvaluator:
         self.rows = 0
 
     def __call__(self, pairs: Sequence[tuple[int, Sequence[FeatureKey]]]) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, probs = [], []
-        for start in range(0, len(pairs), self.rows_per_forward):
-            chunk = pairs[start:start + self.rows_per_forward]
+        def evaluate(chunk: list[tuple[int, Sequence[FeatureKey]]]) -> torch.Tensor:
             rows = torch.tensor([prompt for prompt, _ in chunk])
             sets = [features for _, features in chunk]
             interventions = ([FeatureIntervention.for_rows(self.saes, sets, self.op, universe=self.universe)]
                              if any(sets) else [])
             logits = last_logits_from_cache(self.chat_model, self.cache, rows, interventions).float()
-            score = refusal_score_from_logits(logits, self.chat_model.refusal_token_ids)
-            scores.append(score.cpu())
-            probs.append(torch.sigmoid(score).cpu())  # score is the log-odds of P(refusal)
+            score = refusal_score_from_logits(logits, self.chat_model.refusal_token_ids).cpu()
             self.forward_passes += 1
             self.rows += len(chunk)
-        if not pairs:  # e.g. a resumed search: every track already past its first test
+            return score
+
+        scores = run_batched(self.chat_model, "set_evaluation", list(pairs), evaluate,
+                             batch_size=self.rows_per_forward, default=DEFAULT_ROWS,
+                             tokens=lambda part: self.cache.hidden.shape[1])
+        if not scores:  # e.g. a resumed search: every track already past its first test
             return torch.empty(0), torch.empty(0)
-        return torch.cat(scores), torch.cat(probs)
+        score = torch.cat(scores)
+        return score, torch.sigmoid(score)  # score is the log-odds of P(refusal)
 
 
 def _blocks(features: Sequence[FeatureKey], size: int, seed: int) -> list[list[FeatureKey]]:
@@ -188,7 +195,7 @@ def greedy_minimal_sets(chat_model: ChatModel, saes: SAESet, instructions: Seque
                         candidates: Sequence[FeatureKey], *, seeds: Sequence[int] = (0, 1, 2),
                         block_size: int = 5, tau: float = 0.1, per_prompt: bool = True, shared: bool = True,
                         shared_flip_fraction: float = 0.9, per_prompt_limit: int | None = None,
-                        rows_per_forward: int = 64,
+                        rows_per_forward: int | None = None,
                         op: FeatureOp | None = None, tracks: list[Track] | None = None,
                         on_step: Callable[[list[Track]], None] | None = None) -> SearchOutcome:
     """Minimal ablation sets for each prompt and/or shared by all, for every seed.
@@ -213,7 +220,10 @@ def greedy_minimal_sets(chat_model: ChatModel, saes: SAESet, instructions: Seque
                 on_step(ts)
 
         run_greedy(evaluate, tracks, block_size=block_size, tau=tau, on_step=step)
-    return SearchOutcome(tracks, evaluate.forward_passes, evaluate.rows, time.perf_counter() - started)
+    passes, rows = evaluate.forward_passes, evaluate.rows
+    if distributed.active():  # every process evaluated its share of the rows
+        passes, rows = distributed.all_reduce_sum(torch.tensor([passes, rows])).tolist()
+    return SearchOutcome(tracks, passes, rows, time.perf_counter() - started)
 
 
 def track_from_json(payload: dict) -> Track:
