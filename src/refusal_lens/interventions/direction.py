@@ -36,9 +36,13 @@ class DirectionalAblation:
 
     def attach(self, chat_model: ChatModel) -> list[RemovableHandle]:
         unit = _unit(self.direction.detach().float()).to(chat_model.device)
+        units = {unit.device: unit}  # by device: a model split over devices edits each block on its own
 
         def ablate(hidden: torch.Tensor) -> torch.Tensor:
-            return project_out(hidden, unit)
+            on_device = units.get(hidden.device)
+            if on_device is None:
+                on_device = units[hidden.device] = unit.to(hidden.device)
+            return project_out(hidden, on_device)
 
         handles = []
         for block in chat_model.layers:
@@ -60,10 +64,10 @@ class ActivationAddition:
 
     def attach(self, chat_model: ChatModel) -> list[RemovableHandle]:
         layer = chat_model.check_layer(self.layer)
-        shift = (self.coefficient * self.vector.detach()).to(chat_model.device)
+        shift = (self.coefficient * self.vector.detach()).to(chat_model.layer_device(layer))
 
         def add(hidden: torch.Tensor) -> torch.Tensor:
-            return hidden + shift.to(hidden.dtype)
+            return hidden + shift.to(hidden.device, hidden.dtype)
 
         return [add_output_edit(chat_model.layers[layer], add)]
 

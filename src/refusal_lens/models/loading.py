@@ -7,9 +7,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from refusal_lens.artifacts import stable_hash
 from refusal_lens.models.chat_model import ChatModel, build_chat_model
 from refusal_lens.models.families import get_family
 from refusal_lens.models.registry import model_source, named_model_sources
+from refusal_lens.paths import cache_dir
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -50,8 +52,9 @@ def load_chat_model(
     ``name`` is a registered name (``organism``, the embedded demo model: see
     :mod:`refusal_lens.models.registry`), a path to a ``.gguf`` file, a local model folder, or
     a Hugging Face id. A registered name is loaded by its loader with ``device`` and ``dtype``
-    only. ``device_map`` (e.g. ``"auto"``) spreads a model over several GPUs and takes
-    precedence over ``device``.
+    only. ``device_map`` (e.g. ``"auto"``) spreads a model over several GPUs (accelerate's
+    dispatch; what does not fit goes to the CPU, then to disk under the cache directory) and
+    takes precedence over ``device``.
     """
     loader = model_source(name)
     if loader is not None:
@@ -61,8 +64,8 @@ def load_chat_model(
     source, load_kwargs = _locate(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, device_map=device_map, **load_kwargs)
+        placement = {} if device_map is None else {"device_map": device_map, "offload_folder": str(_offload_folder(name))}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **placement, **load_kwargs)
     except OSError as error:
         raise ModelLoadError(
             f"Could not load model {name!r}: {error}\nGive a local folder, a .gguf file, a "
@@ -76,6 +79,11 @@ def load_chat_model(
         model, tokenizer, name=name,
         family=get_family(family) if family else None,
         refusal_tokens=refusal_tokens, system_prompt=system_prompt)
+
+
+def _offload_folder(name: str) -> Path:
+    """Where accelerate puts the weights of a dispatched model that fit neither GPUs nor CPU."""
+    return cache_dir() / "offload" / stable_hash(name)
 
 
 def _locate(name: str) -> tuple[str, dict]:
