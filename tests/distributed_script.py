@@ -40,16 +40,27 @@ def collectives(out: Path) -> None:
 
 def late(out: Path) -> None:
     """Rank 1 comes to the collective long after the timeout: rank 0 must fail, saying why."""
+    distributed.barrier()  # both started
     if distributed.rank() == 1:
-        time.sleep(120)
-    distributed.gather_json("hello")
+        time.sleep(600)
+    waiting(lambda: distributed.gather_json("hello"))
 
 
 def dies(out: Path) -> None:
     """Rank 1 dies before the collective."""
+    distributed.barrier()
     if distributed.rank() == 1:
         os._exit(3)
-    distributed.gather_json("hello")
+    waiting(lambda: distributed.gather_json("hello"))
+
+
+def waiting(collective) -> None:
+    started = time.monotonic()
+    try:
+        collective()
+    finally:
+        print(f"rank {distributed.rank()} left the collective after {time.monotonic() - started:.1f} s",
+              file=sys.stderr, flush=True)
 
 
 def main(mode: str, out: str) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -65,14 +65,14 @@ def test_collectives_on_two_processes(tmp_path):
 
 @pytest.mark.parametrize("mode", ["late", "dies"])
 def test_a_process_that_hangs_or_dies_fails_the_run_in_bounded_time(tmp_path, mode):
-    started = time.monotonic()
-    done = subprocess.run([*TORCHRUN, str(SCRIPT), mode, str(tmp_path)],
+    done = subprocess.run([*TORCHRUN, str(SCRIPT), mode, str(tmp_path)],  # the late process sleeps 600 s
                           env=environment(REFUSAL_LENS_DIST_TIMEOUT_S="5"), capture_output=True, text=True,
-                          timeout=240)
+                          timeout=500)
     assert done.returncode != 0
-    assert time.monotonic() - started < 100  # well before the late process would have come (120 s)
+    waited = float(re.search(r"rank 0 left the collective after ([\d.]+) s", done.stderr).group(1))
+    assert waited < 60, done.stderr[-3000:]  # the timeout is 5 s; a dead peer is noticed at once
+    assert "DistributedError: Process 0 of 2: gathering results did not complete" in done.stderr
     if mode == "late":
-        assert "DistributedError: Process 0 of 2: gathering results did not complete" in done.stderr
         assert "Another process died or hung (collectives time out after 5 s" in done.stderr
 
 
