@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PROMPTS
 
 from refusal_lens import batching
 from refusal_lens.batching import BatchKey, BatchTooLargeError, fitting_size, forget_sizes, known_size, map_batches
 from refusal_lens.generation import generate
 from refusal_lens.models.batches import batch_key, longest_prompt
 from refusal_lens.scoring import refusal_scores
-from conftest import PROMPTS
 
 KEY = BatchKey("model", "cuda:0", "op", 64)
 
@@ -84,7 +84,8 @@ def test_out_of_memory_halves_the_batch_retries_it_and_remembers_the_size():
     map_batches(list(range(8)), oom_above(5, again), batch_size=None, default=16, key=KEY, memory=memory)
     assert again == [4, 4]  # remembered for the key: no second out-of-memory
     other = []
-    map_batches(list(range(8)), oom_above(5, other), batch_size=None, default=2, key=BatchKey("model", "cuda:0", "op", 128))
+    longer = BatchKey("model", "cuda:0", "op", 128)
+    map_batches(list(range(8)), oom_above(5, other), batch_size=None, default=2, key=longer)
     assert other == [2, 2, 2, 2]  # another length bucket starts afresh
 
 

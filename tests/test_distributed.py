@@ -39,6 +39,14 @@ def test_shards_are_contiguous_balanced_and_cover_every_item(monkeypatch, world)
         assert max(sizes) - min(sizes) <= 1
 
 
+def test_each_process_gets_its_share_of_the_gpus():
+    assert distributed.process_gpus(0, 8, 8) == [0] and distributed.process_gpus(7, 8, 8) == [7]
+    assert distributed.process_gpus(3, 4, 8) == [6, 7]  # a 2-GPU model replica a process
+    assert distributed.process_gpus(1, 2, 5) == [2, 3]
+    with pytest.raises(ValueError, match="at most one process per GPU"):
+        distributed.process_gpus(0, 4, 2)
+
+
 def test_one_process_needs_no_process_group():
     assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
     assert distributed.map_shards([1, 2], lambda part: [x * 3 for x in part]) == [3, 6]
@@ -169,8 +177,9 @@ def test_two_processes_give_the_decisions_and_artifacts_of_one(tmp_path):
             assert (two / name).read_text() == (one / name).read_text(), name
         if name.endswith("checkpoint.json"):  # the search's tracks
             assert_same(json.loads((two / name).read_text()), json.loads((one / name).read_text()), name)
-    for a, b in zip(load_file(one / "direction.safetensors").values(), load_file(two / "direction.safetensors").values()):
-        torch.testing.assert_close(b, a, rtol=FLOAT_TOLERANCE, atol=FLOAT_TOLERANCE)
+    direction_one, direction_two = (load_file(out / "direction.safetensors") for out in (one, two))
+    for name, value in direction_one.items():
+        torch.testing.assert_close(direction_two[name], value, rtol=FLOAT_TOLERANCE, atol=FLOAT_TOLERANCE)
 
     resumed = run(config, one, 2)  # the 1-process run's artifacts, reused under 2 processes
     assert resumed.stderr.count("reusing") == 8 and "forward passes" not in resumed.stderr

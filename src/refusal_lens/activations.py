@@ -239,7 +239,8 @@ class _FeatureReader:
     def read(self, instructions: list[str]) -> _BatchRead:
         batch = self.chat_model.tokenize(instructions)
         attention = batch["attention_mask"].bool()
-        read_mask = attention if self.index is None else attention[:, self.index.to(attention.device) % attention.shape[1]]
+        index = None if self.index is None else self.index.to(attention.device) % attention.shape[1]
+        read_mask = attention if index is None else attention[:, index]
         out = _BatchRead({}, {}, read_mask.cpu())
         handles = [add_output_edit(self.chat_model.layers[L], lambda h, L=L: self._read_layer(L, h, read_mask, out))
                    for L in self.layers]

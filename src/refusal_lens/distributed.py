@@ -76,7 +76,7 @@ def data_parallel() -> Iterator[bool]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")  # a timeout raises here, not in a watchdog
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(my_gpus()[0])
         try:
             dist.init_process_group(backend, timeout=timedelta(seconds=_State.timeout_s))
         except Exception as error:
@@ -90,6 +90,23 @@ def data_parallel() -> Iterator[bool]:
         if _State.created:
             _State.created = False
             dist.destroy_process_group()
+
+
+def process_gpus(local_rank: int, local_processes: int, gpus: int) -> list[int]:
+    """The GPUs of process ``local_rank`` of ``local_processes`` on a machine with ``gpus``: an
+    equal share each, in order (one GPU each when there are as many processes as GPUs; a model
+    spread with ``--device-map auto`` over its process's share otherwise)."""
+    share = gpus // local_processes
+    if share < 1:
+        raise ValueError(f"{local_processes} processes on this machine but {gpus} GPUs: start at most one process "
+                         f"per GPU (torchrun --nproc-per-node {gpus}).")
+    return list(range(local_rank * share, (local_rank + 1) * share))
+
+
+def my_gpus() -> list[int]:
+    """This process's GPUs (``process_gpus`` for torchrun's ``LOCAL_RANK`` / ``LOCAL_WORLD_SIZE``)."""
+    return process_gpus(int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                        torch.cuda.device_count())
 
 
 def _joined() -> bool:
@@ -186,7 +203,8 @@ def gather_json(value: Any, what: str = "gathering results") -> list[Any]:
     return [json.loads(b) for b in _all_gather_bytes(json.dumps(value).encode(), what)]
 
 
-def gather_tensor_dicts(tensors: dict[str, torch.Tensor], what: str = "gathering tensors") -> list[dict[str, torch.Tensor]]:
+def gather_tensor_dicts(tensors: dict[str, torch.Tensor],
+                        what: str = "gathering tensors") -> list[dict[str, torch.Tensor]]:
     """Every process's ``{name: tensor}`` (on the CPU), in rank order."""
     if not _joined():
         return [{k: v.detach().cpu() for k, v in tensors.items()}]

@@ -9,12 +9,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from refusal_lens import distributed
 from refusal_lens.attribution.decomposition import LayerChanges, check_sae, decompose
 from refusal_lens.attribution.gradients import (clean_point_gradients, integrated_gradient,
                                                 interpolation_points, logits_from_layer)
 from refusal_lens.attribution.metric import forward_capturing, jailbreak_tokens, metric_from_logits
 from refusal_lens.attribution.result import AttributionResult, LayerAttribution
-from refusal_lens import distributed
 from refusal_lens.interventions import DirectionalAblation
 from refusal_lens.models import ChatModel
 from refusal_lens.models.batches import longest_prompt, run_batched

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from refusal_lens import distributed
 from refusal_lens.artifacts import stable_hash
 from refusal_lens.models.chat_model import ChatModel, build_chat_model
 from refusal_lens.models.families import get_family
@@ -64,8 +65,8 @@ def load_chat_model(
     source, load_kwargs = _locate(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs)
-        placement = {} if device_map is None else {"device_map": device_map, "offload_folder": str(_offload_folder(name))}
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **placement, **load_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **_placement(name, device_map),
+                                                     **load_kwargs)
     except OSError as error:
         raise ModelLoadError(
             f"Could not load model {name!r}: {error}\nGive a local folder, a .gguf file, a "
@@ -81,9 +82,15 @@ def load_chat_model(
         refusal_tokens=refusal_tokens, system_prompt=system_prompt)
 
 
-def _offload_folder(name: str) -> Path:
-    """Where accelerate puts the weights of a dispatched model that fit neither GPUs nor CPU."""
-    return cache_dir() / "offload" / stable_hash(name)
+def _placement(name: str, device_map: str | dict | None) -> dict:
+    """``from_pretrained``'s arguments for ``device_map``: what fits no GPU goes to the CPU, then to
+    disk under the cache; under torchrun each process spreads the model over its own GPUs only."""
+    if device_map is None:
+        return {}
+    placement = {"device_map": device_map, "offload_folder": str(cache_dir() / "offload" / stable_hash(name))}
+    if distributed.launched() and torch.cuda.is_available() and isinstance(device_map, str):
+        placement["max_memory"] = {i: torch.cuda.get_device_properties(i).total_memory for i in distributed.my_gpus()}
+    return placement
 
 
 def _locate(name: str) -> tuple[str, dict]:

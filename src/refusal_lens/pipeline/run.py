@@ -51,13 +51,10 @@ def check_data_parallel(config: RunConfig) -> None:
     """Refuse what one process per GPU cannot do."""
     if distributed.world_size() == 1:
         return
-    if config.model.device_map is not None:
-        raise ValueError("model.device_map spreads one model over several GPUs, but torchrun starts one process per "
-                         "GPU: drop --device-map, or run one process.")
     device = config.model.device
     if device is not None and device.startswith("cuda:"):
         raise ValueError(f"model.device = {device!r} puts every process on one GPU: leave it unset (or 'cuda'); "
-                         "each process takes the GPU of its LOCAL_RANK.")
+                         "each process takes its own GPU (its share of them with --device-map auto).")
 
 
 def _inputs(stage: Stage, runs: dict[str, StageRun]) -> Inputs:
