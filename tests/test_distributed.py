@@ -19,6 +19,8 @@ from refusal_lens import distributed
 SCRIPT = Path(__file__).with_name("distributed_script.py")
 CLI = str(Path(sys.executable).parent / "refusal-lens")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 FLOAT_TOLERANCE = 1e-4  # |a - b| <= 1e-4 * (1 + |b|): batches made of other prompts round differently
 
 
@@ -56,8 +58,9 @@ def test_one_process_needs_no_process_group():
     distributed.barrier()
 
 
-def test_collectives_on_two_processes(tmp_path):
-    done = subprocess.run([*TORCHRUN, str(SCRIPT), "collectives", str(tmp_path)], env=environment(),
+@pytest.mark.parametrize("launcher", [TORCHRUN, ACCELERATE], ids=["torchrun", "accelerate launch"])
+def test_collectives_on_two_processes(tmp_path, launcher):
+    done = subprocess.run([*launcher, str(SCRIPT), "collectives", str(tmp_path)], env=environment(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
