@@ -17,20 +17,25 @@ from rich.console import Console
 
 from refusal_lens import distributed
 from refusal_lens.artifacts import provenance, write_json, written_by_main_process
+from refusal_lens.models import ChatModel
 from refusal_lens.pipeline import stages
 from refusal_lens.pipeline.config import RunConfig
 from refusal_lens.pipeline.cost import measure
 from refusal_lens.pipeline.stage import SCHEMA_VERSION, Inputs, RunContext, Stage, StageRun
 from refusal_lens.report import write_report
+from refusal_lens.saes import SAESet
 
 RESULT_FILE = "result.json"
 
 
 def run_pipeline(config: RunConfig, out_dir: str | Path, *, until: str = "evaluation",
-                 console: Console | None = None) -> dict[str, BaseModel]:
+                 console: Console | None = None, chat_model: ChatModel | None = None,
+                 saes: SAESet | None = None) -> dict[str, BaseModel]:
     """Run (or reuse) every stage up to ``until``; write results, exported files and the report.
 
-    Returns each stage's result by stage name, in order.
+    ``chat_model`` / ``saes``: already loaded ones to use instead of loading ``config.model`` /
+    ``config.saes`` (whose names then only label the run). Returns each stage's result by
+    stage name, in order.
     """
     names = stages.names_until(until)
     with distributed.data_parallel(), written_by_main_process(out_dir):
@@ -38,6 +43,9 @@ def run_pipeline(config: RunConfig, out_dir: str | Path, *, until: str = "evalua
         if not distributed.is_main():
             console = Console(stderr=True, quiet=True)
         ctx = RunContext(config, Path(out_dir), console or Console(stderr=True))
+        for name, loaded in (("chat_model", chat_model), ("saes", saes)):
+            if loaded is not None:
+                ctx.__dict__[name] = loaded  # RunContext's cached properties, filled in
         runs: dict[str, StageRun] = {}
         for name in names:
             runs[name] = run_stage(ctx, stages.load(name), runs)
