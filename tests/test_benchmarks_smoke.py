@@ -78,7 +78,8 @@ def test_scale_benchmark_runs_every_case_on_a_tiny_shape(tmp_path, capsys, one_t
     generation = shape["generation"]
     assert generation["auto_batch_size"] is None  # the CPU keeps its default size: nothing to remember
     assert generation["batch32_edited"]["new_tokens"] == 40 * 3 == generation["auto_edited"]["new_tokens"]
-    assert generation["batch32_edited"]["forward_calls"] == 2 * 3 and generation["auto_edited"]["forward_calls"] == 3 * 3
+    assert generation["batch32_edited"]["forward_calls"] == 2 * 3  # 40 prompts: batches of 32 + 8, 3 steps each
+    assert generation["auto_edited"]["forward_calls"] == 3 * 3     # the CPU's 16: 16 + 16 + 8
     evaluation = shape["evaluation"]
     assert evaluation["methods"] == 8 and set(evaluation["auto"]["per_method_s"]) >= {"none", "directional_ablation"}
     pipeline = shape["pipeline"]
