@@ -42,14 +42,11 @@ class FakeMemory:
     def __init__(self, free: int, per_row: int):
         self.free, self.per_row, self.rows, self.released = free, per_row, 0, 0
 
-    def free_bytes(self) -> int:
-        return self.free
-
     def start(self) -> None:
         self.rows = 0
 
-    def peak_bytes(self) -> int:
-        return self.per_row * self.rows
+    def measure(self) -> tuple[int, int]:
+        return self.free, self.per_row * self.rows
 
     def release(self) -> None:
         self.released += 1
@@ -167,3 +164,24 @@ def test_generation_backs_off_inside_generate_and_keeps_its_answers(llama):
         handle.remove()
     assert got == expected
     assert known_size(batch_key(llama, "generate", longest_prompt(llama, PROMPTS, 4))) == 1
+
+
+def test_the_cuda_probe_measures_every_gpu_of_a_split_model_and_the_tightest_decides(monkeypatch):
+    """torch.cuda's counters, faked (no GPU here): GPU 1 has less room for what a row costs it."""
+    gpus = [torch.device("cuda", 0), torch.device("cuda", 1)]
+    free = {0: 60 << 30, 1: 20 << 30}
+    allocated = {0: 10 << 30, 1: 30 << 30}
+    peak = {0: 12 << 30, 1: 34 << 30}        # a chunk uses 2 GiB on GPU 0 and 4 GiB on GPU 1
+    index = lambda device: torch.device(device).index  # noqa: E731
+    for name, fake in {"synchronize": lambda device=None: None, "reset_peak_memory_stats": lambda device=None: None,
+                       "mem_get_info": lambda device: (free[index(device)], 80 << 30),
+                       "memory_allocated": lambda device: allocated[index(device)],
+                       "memory_reserved": lambda device: allocated[index(device)] + (1 << 30),
+                       "max_memory_allocated": lambda device: peak[index(device)],
+                       "is_available": lambda: True}.items():
+        monkeypatch.setattr(torch.cuda, name, fake)
+    probe = batching.memory_probe([torch.device("cpu"), *gpus, gpus[0]])
+    assert probe.devices == gpus
+    probe.start()
+    assert probe.measure() == (21 << 30, 4 << 30)  # GPU 1: 21 GiB free (1 cached) for 4 GiB a chunk
+    assert batching.memory_probe("cpu") is None

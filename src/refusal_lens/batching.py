@@ -10,7 +10,8 @@ attribution, the search's pair evaluation) runs its chunks through ``map_batches
   whose planned peak fits ``MEMORY_FRACTION`` of the memory that was free, at most
   ``MAX_BATCH``. On an out-of-memory error the chunk is halved and retried. The size found
   is remembered for the rest of the process, per (model, device, operation, sequence-length
-  bucket), so each operation measures once. Elsewhere (the CPU) the default size is used,
+  bucket), so each operation measures once. A model split over GPUs is measured on each of
+  them, and the tightest decides. Elsewhere (the CPU) the default size is used,
   as before, and only the back-off applies.
 """
 
@@ -53,48 +54,55 @@ class BatchTooLargeError(RuntimeError):
 
 
 class MemoryProbe(Protocol):
-    """Free memory and the peak of one chunk, on one device."""
-
-    def free_bytes(self) -> int: ...
+    """Free memory and one chunk's peak, on the device(s) a batch runs on."""
 
     def start(self) -> None:
-        """Start measuring one chunk's peak."""
+        """Note the free memory and start measuring one chunk's peak."""
 
-    def peak_bytes(self) -> int:
-        """Bytes the chunk used at its peak, above what was allocated at ``start``."""
+    def measure(self) -> tuple[int, int]:
+        """``(free, peak)`` bytes since ``start``: what was free, and the most the chunk used
+        above what was allocated then; of the device where the two are tightest, when several."""
 
     def release(self) -> None:
         """Return cached memory after an out-of-memory error."""
 
 
 class CudaMemory:
-    def __init__(self, device: torch.device):
-        self.device = device
-        self._base = 0
-
-    def free_bytes(self) -> int:
-        free, _total = torch.cuda.mem_get_info(self.device)
-        # blocks torch holds but does not use are free for the next chunk too
-        return free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+    def __init__(self, devices: Sequence[torch.device]):
+        self.devices = list(dict.fromkeys(torch.device(d) for d in devices))
+        self._free: dict[torch.device, int] = {}
+        self._base: dict[torch.device, int] = {}
 
     def start(self) -> None:
-        torch.cuda.synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        self._base = torch.cuda.memory_allocated(self.device)
+        for device in self.devices:
+            torch.cuda.synchronize(device)
+            free, _total = torch.cuda.mem_get_info(device)
+            allocated = torch.cuda.memory_allocated(device)
+            # blocks torch holds but does not use are free for the next chunk too
+            self._free[device] = free + torch.cuda.memory_reserved(device) - allocated
+            self._base[device] = allocated
+            torch.cuda.reset_peak_memory_stats(device)
 
-    def peak_bytes(self) -> int:
-        torch.cuda.synchronize(self.device)
-        return torch.cuda.max_memory_allocated(self.device) - self._base
+    def measure(self) -> tuple[int, int]:
+        found = []
+        for device in self.devices:
+            torch.cuda.synchronize(device)
+            peak = max(1, torch.cuda.max_memory_allocated(device) - self._base[device])
+            found.append((self._free[device] / peak, self._free[device], peak))
+        _ratio, free, peak = min(found)
+        return free, peak
 
     def release(self) -> None:
         gc.collect()
         torch.cuda.empty_cache()
 
 
-def memory_probe(device: torch.device | str) -> MemoryProbe | None:
-    """The probe of a device whose memory can be measured (CUDA), else None."""
-    device = torch.device(device)
-    return CudaMemory(device) if device.type == "cuda" and torch.cuda.is_available() else None
+def memory_probe(devices: torch.device | str | Sequence[torch.device | str]) -> MemoryProbe | None:
+    """The probe of the CUDA devices among ``devices`` (those a model split over GPUs runs on),
+    or None when there is none (the CPU: batch sizes stay as they are)."""
+    devices = [devices] if isinstance(devices, (str, torch.device)) else list(devices)
+    cuda = [torch.device(d) for d in devices if torch.device(d).type == "cuda"]
+    return CudaMemory(cuda) if cuda and torch.cuda.is_available() else None
 
 
 _sizes: dict[BatchKey, int] = {}     # the size that fits, found in this process
@@ -146,7 +154,6 @@ def map_batches(items: Sequence[T], run: Callable[[list[T]], R], *, batch_size: 
         while done < len(items):
             chunk = items[done:done + size]
             if measure:
-                free = memory.free_bytes()
                 memory.start()
             try:
                 results.append(run(chunk))
@@ -174,8 +181,8 @@ def map_batches(items: Sequence[T], run: Callable[[list[T]], R], *, batch_size: 
             if bar is not None:
                 bar.advance(task, len(chunk))
             if measure:
-                size = _sizes[resolved] = fitting_size(free, memory.peak_bytes(), len(chunk),
-                                                       _too_big.get(resolved))
+                free, peak = memory.measure()
+                size = _sizes[resolved] = fitting_size(free, peak, len(chunk), _too_big.get(resolved))
                 measure = False
     return results
 

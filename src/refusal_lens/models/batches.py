@@ -45,7 +45,7 @@ def run_batched(chat_model: ChatModel, operation: str, items: Sequence[T], run: 
     def local(part: list[T]) -> list:
         results = map_batches(part, run, batch_size=batch_size, default=default,
                               key=lambda: batch_key(chat_model, operation, tokens(part)),
-                              memory=memory_probe(chat_model.device), progress=progress)
+                              memory=memory_probe(chat_model.devices), progress=progress)
         if results and all(isinstance(r, list) for r in results):
             return [item for chunk in results for item in chunk]
         return results

@@ -81,6 +81,11 @@ class ChatModel:
         execution device of their hook, their weights being on ``meta`` between calls)."""
         return module_device(self.model.get_input_embeddings())
 
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device the model runs on: the inputs' and its blocks' (one, unless split)."""
+        return list(dict.fromkeys([self.device, *(module_device(block) for block in self.layers)]))
+
     def layer_device(self, layer: int) -> torch.device:
         """The device block ``layer`` runs on (several, for a model split by ``device_map``)."""
         return module_device(self.layers[self.check_layer(layer)])
