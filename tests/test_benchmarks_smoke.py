@@ -61,3 +61,30 @@ def test_shim_jumprelu_matches_sae_lens():
     torch.testing.assert_close(shim.encode(x), acts)
     torch.testing.assert_close(shim.decode(acts), real.decode(acts))
     assert shim.cfg.architecture() == real.cfg.architecture() == "jumprelu"
+
+
+SCALE_TINY = ["--shapes", "tiny-llama", "--device", "cpu", "--tokens", "24", "--new-tokens", "3",
+              "--features-per-layer", "8", "--gen-prompts", "40", "--eval-prompts", "6", "--capability-prompts", "3",
+              "--search-prompts", "3", "--train-prompts", "12", "--fm-prompts", "6", "--top-k", "4", "--seeds", "1"]
+
+
+def test_scale_benchmark_runs_every_case_on_a_tiny_shape(tmp_path, capsys, one_thread):
+    from benchmarks import scale
+
+    results = scale.main([*SCALE_TINY, "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "scale.json").read_text())
+    assert saved["shapes"][0]["shape"] == "tiny-llama"
+    shape = results["shapes"][0]
+    generation = shape["generation"]
+    assert generation["auto_batch_size"] is None  # the CPU keeps its default size: nothing to remember
+    assert generation["batch32_edited"]["new_tokens"] == 40 * 3 == generation["auto_edited"]["new_tokens"]
+    assert generation["batch32_edited"]["forward_calls"] == 2 * 3  # 40 prompts: batches of 32 + 8, 3 steps each
+    assert generation["auto_edited"]["forward_calls"] == 3 * 3     # the CPU's 16: 16 + 16 + 8
+    evaluation = shape["evaluation"]
+    assert evaluation["methods"] == 8 and set(evaluation["auto"]["per_method_s"]) >= {"none", "directional_ablation"}
+    pipeline = shape["pipeline"]
+    assert list(pipeline["stages_s"]) == ["prompt_sets", "direction", "candidates", "search", "verification",
+                                          "dormant", "interactions", "evaluation"]
+    assert pipeline["search_prompts"] == 3 and pipeline["search_forward_passes"] > 0
+    assert "half the vocabulary" in pipeline["forced"]["refusal_tokens"]
+    assert "whole pipeline" in capsys.readouterr().out

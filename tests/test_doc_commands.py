@@ -20,10 +20,20 @@ PLACEHOLDERS = {"NAME": "harmless-plain", "FILE.toml": "run.toml"}
 runner = CliRunner()
 
 
+LAUNCHED = r"^ {4}((?:torchrun|accelerate launch) .*?)\$\(which refusal-lens\) (.+?)\s*(?:#.*)?$"
+
+
+def launched_lines(doc: str) -> list[tuple[str, str]]:
+    """``torchrun ... $(which refusal-lens) ...`` lines: (the launcher's part, the command's part)."""
+    return [(launcher.strip(), command) for launcher, command in re.findall(LAUNCHED, (ROOT / doc).read_text(), re.M)]
+
+
 def command_lines(doc: str) -> list[str]:
-    """``refusal-lens ...`` lines of code blocks and code spans; ``a|b`` sub-commands expanded."""
+    """``refusal-lens ...`` lines of code blocks and code spans, also those a launcher starts;
+    ``a|b`` sub-commands expanded."""
     text = (ROOT / doc).read_text()
     found = re.findall(r"`((?:\.venv/bin/)?refusal-lens [^`]+)`", text)
+    found += [f"refusal-lens {command}" for _, command in launched_lines(doc)]
     found += [line.strip() for lang, block in re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
               if lang in ("", "bash", "sh", "shell") for line in block.splitlines() if "refusal-lens " in line]
     found += re.findall(r"^ {4}(?:\./scripts/setup\.sh && )?(\.venv/bin/refusal-lens .+?)\s*(?:#.*)?$", text, flags=re.M)
@@ -87,6 +97,24 @@ def test_the_documented_organism_run_starts_with_the_defaults(tmp_path, monkeypa
     result = runner.invoke(app, ["run", "--model", "organism", "--saes", "organism", "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert seen["config"] == RunConfig()
+
+
+@pytest.mark.parametrize("launcher", sorted({launcher for doc in DOCS for launcher, _ in launched_lines(doc)}))
+def test_documented_launchers_parse(launcher):
+    """The torchrun / accelerate launch options the docs show, read by the launchers' own parsers."""
+    words = shlex.split(launcher)
+    if words[0] == "torchrun":
+        from torch.distributed.run import get_args_parser
+
+        get_args_parser().parse_args([*words[1:], "refusal-lens"])
+    else:
+        from accelerate.commands.launch import launch_command_parser
+
+        launch_command_parser().parse_args([*words[2:], "refusal-lens"])
+
+
+def test_the_docs_show_how_to_launch_on_many_gpus():
+    assert {launcher.split()[0] for launcher, _ in launched_lines("README.md")} == {"torchrun", "accelerate"}
 
 
 def build_command_lines() -> list[str]:

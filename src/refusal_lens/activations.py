@@ -11,12 +11,15 @@ import torch
 import torch.nn.functional as F
 from transformers import BatchEncoding
 
+from refusal_lens import distributed
 from refusal_lens.hooks import add_output_edit, hooks_removed_on_exit
 from refusal_lens.interventions import FeatureKey, Intervention, group_by_layer, intervene
 from refusal_lens.models import ChatModel, position_ids_for
-from refusal_lens.progress import batches
+from refusal_lens.models.batches import longest_prompt, run_batched
 from refusal_lens.saes import SAESet
-from refusal_lens.saes.slices import cached_slice
+from refusal_lens.saes.slices import SparseSAESlice, cached_slice
+
+DEFAULT_BATCH = 16  # prompts a forward pass on the CPU (on a GPU: the largest that fits)
 
 
 class _StopForward(Exception):
@@ -43,11 +46,12 @@ def residuals(chat_model: ChatModel, batch: BatchEncoding | Sequence[str], layer
         batch = chat_model.tokenize(list(batch))
     layers = sorted({chat_model.check_layer(L) for L in layers})
     captured: dict[int, torch.Tensor] = {}
-    index = None if positions is None else torch.tensor(list(positions), device=chat_model.device)
+    index = None if positions is None else torch.tensor(list(positions))
+    home = chat_model.device
 
     def capture(layer: int, hidden: torch.Tensor) -> None:
-        picked = hidden if index is None else hidden[:, index % hidden.shape[1]]
-        captured[layer] = picked.detach().clone()
+        picked = hidden if index is None else hidden[:, index.to(hidden.device) % hidden.shape[1]]
+        captured[layer] = picked.detach().to(home, copy=True)
         if layer == layers[-1]:
             raise _StopForward
 
@@ -61,6 +65,35 @@ def residuals(chat_model: ChatModel, batch: BatchEncoding | Sequence[str], layer
         except _StopForward:
             pass
     return captured
+
+
+def mean_residuals(chat_model: ChatModel, instructions: Sequence[str], layers: Sequence[int],
+                   positions: Sequence[int], *, batch_size: int | None = None,
+                   progress: str | None = None) -> torch.Tensor:
+    """The mean over ``instructions`` of the block outputs at ``layers`` × ``positions`` (counted
+    from the right): ``[len(layers), len(positions), d_model]``, float32 on the CPU.
+
+    In a data-parallel run each process sums its share of the instructions and the sums are
+    added over the processes."""
+    instructions, layers, positions = list(instructions), list(layers), list(positions)
+    if not instructions:
+        raise ValueError("No instructions to average the residual stream over.")
+
+    def total(chunk: list[str]) -> torch.Tensor:
+        acts = residuals(chat_model, chunk, layers, positions)
+        return torch.stack([acts[L].float().sum(0) for L in layers]).cpu()
+
+    sharded = distributed.active()
+    with distributed.local():
+        sums = run_batched(chat_model, "residuals", distributed.shard(instructions) if sharded else instructions,
+                           total, batch_size=batch_size, default=DEFAULT_BATCH, progress=progress, shard=False,
+                           tokens=lambda part: longest_prompt(chat_model, part))
+    summed = torch.zeros((len(layers), len(positions), chat_model.d_model))
+    for chunk_sum in sums:
+        summed = summed + chunk_sum
+    if sharded:
+        summed = distributed.all_reduce_sum(summed)
+    return summed / len(instructions)
 
 
 @dataclass(frozen=True)
@@ -103,6 +136,34 @@ class _BatchRead:
     active: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (feature indices, [b, (P,) n_active])
     mask: torch.Tensor                                    # [b, P]
 
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        out = {f"{prefix}/mask": self.mask}
+        out.update({f"{prefix}/chosen/{L}": v for L, v in self.chosen.items()})
+        for L, (index, values) in self.active.items():
+            out[f"{prefix}/index/{L}"], out[f"{prefix}/values/{L}"] = index, values
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str) -> _BatchRead:
+        read = cls({}, {}, tensors[f"{prefix}/mask"])
+        for name, value in tensors.items():
+            head, _, layer = name.rpartition("/")
+            if head == f"{prefix}/chosen":
+                read.chosen[int(layer)] = value
+            elif head == f"{prefix}/index":
+                read.active[int(layer)] = (value, tensors[f"{prefix}/values/{layer}"])
+        return read
+
+
+def _gather_reads(reads: list[_BatchRead]) -> list[_BatchRead]:
+    """Every process's batch reads, in rank order."""
+    mine = {name: t for j, read in enumerate(reads) for name, t in read.tensors(str(j)).items()}
+    found = []
+    for tensors in distributed.gather_tensor_dicts(mine, "gathering SAE feature reads"):
+        count = sum(name.endswith("/mask") for name in tensors)
+        found += [_BatchRead.from_tensors(tensors, str(j)) for j in range(count)]
+    return found
+
 
 @torch.no_grad()
 def read_features(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str],
@@ -122,7 +183,9 @@ def read_features(chat_model: ChatModel, saes: SAESet, instructions: Sequence[st
     ``positions`` count from the right (-1 = last prompt token; batches are left-padded with
     an attention mask); None reads every token. ``reduce="max"`` keeps each feature's largest
     activation over the positions read, padding counting as 0. ``batch_size`` prompts go
-    through a forward pass together (None: all of them).
+    through a forward pass together (None: the largest batch that fits the GPU,
+    ``DEFAULT_BATCH`` on the CPU). In a data-parallel run the prompts are split over the
+    processes and every process gets every activation.
     """
     instructions = list(instructions)
     if reduce not in (None, "max"):
@@ -134,9 +197,14 @@ def read_features(chat_model: ChatModel, saes: SAESet, instructions: Sequence[st
     pairs = [(int(L), int(i)) for L, i in features]
     reader = _FeatureReader(chat_model, saes, pairs, list(dict.fromkeys(int(L) for L in all_active)),
                             positions, reduce, interventions)
-    size = batch_size or len(instructions)
-    reads = [reader.read(chunk)
-             for chunk in batches(instructions, size, "SAE features" if len(instructions) > size else None)]
+    sharded = distributed.active()
+    with distributed.local():
+        reads = run_batched(chat_model, "read_features", distributed.shard(instructions) if sharded else instructions,
+                            reader.read, batch_size=batch_size, default=DEFAULT_BATCH, shard=False,
+                            tokens=lambda part: longest_prompt(chat_model, part),
+                            progress="SAE features" if len(instructions) > (batch_size or DEFAULT_BATCH) else None)
+    if sharded:
+        reads = _gather_reads(reads)
     return _assemble(reads, pairs, reader.by_layer, reader.dense_layers, reduced=reduce is not None)
 
 
@@ -155,13 +223,24 @@ class _FeatureReader:
             raise ValueError("No features to read: give features or all_active layers.")
         self.layers = sorted(chat_model.check_layer(L) for L in layers)
         self.chat_model, self.saes, self.reduce, self.interventions = chat_model, saes, reduce, interventions
-        self.slices = {L: cached_slice(saes[L], idx, chat_model.device) for L, idx in self.by_layer.items()}
-        self.index = None if positions is None else torch.tensor(list(positions), device=chat_model.device)
+        self.index = None if positions is None else torch.tensor(list(positions))
+        self._slices: dict[tuple[int, torch.device], SparseSAESlice] = {}
+        for L in self.by_layer:  # built before the forward pass, on the device it starts on
+            self.slice_for(L, chat_model.device)
+
+    def slice_for(self, layer: int, device: torch.device) -> SparseSAESlice:
+        """The slice of the features read at ``layer``, on ``device`` (the layer's own, when the
+        model is split over devices)."""
+        key = (layer, torch.device(device))
+        if key not in self._slices:
+            self._slices[key] = cached_slice(self.saes[layer], self.by_layer[layer], key[1])
+        return self._slices[key]
 
     def read(self, instructions: list[str]) -> _BatchRead:
         batch = self.chat_model.tokenize(instructions)
         attention = batch["attention_mask"].bool()
-        read_mask = attention if self.index is None else attention[:, self.index % attention.shape[1]]
+        index = None if self.index is None else self.index.to(attention.device) % attention.shape[1]
+        read_mask = attention if index is None else attention[:, index]
         out = _BatchRead({}, {}, read_mask.cpu())
         handles = [add_output_edit(self.chat_model.layers[L], lambda h, L=L: self._read_layer(L, h, read_mask, out))
                    for L in self.layers]
@@ -173,12 +252,15 @@ class _FeatureReader:
         return out
 
     def _read_layer(self, layer: int, hidden: torch.Tensor, read_mask: torch.Tensor, out: _BatchRead) -> None:
-        picked = hidden if self.index is None else hidden[:, self.index % hidden.shape[1]]
-        if layer in self.slices:
-            out.chosen[layer] = self._finish(self.slices[layer].encode(picked)[0], read_mask).float().cpu()
+        picked = hidden if self.index is None else hidden[:, self.index.to(hidden.device) % hidden.shape[1]]
+        if layer in self.by_layer:
+            encoded = self.slice_for(layer, hidden.device).encode(picked)[0]
+            out.chosen[layer] = self._finish(encoded, read_mask.to(hidden.device)).float().cpu()
         if layer in self.dense_layers:
-            acts = self.saes[layer].encode(picked.reshape(-1, picked.shape[-1])).view(*picked.shape[:-1], -1)
-            acts = self._finish(acts, read_mask)
+            sae = self.saes[layer]
+            flat = picked.reshape(-1, picked.shape[-1]).to(sae.W_dec.device)
+            acts = sae.encode(flat).view(*picked.shape[:-1], -1)
+            acts = self._finish(acts, read_mask.to(acts.device))
             active = torch.nonzero(acts.reshape(-1, acts.shape[-1]).gt(0).any(0)).flatten()
             out.active[layer] = (active.cpu(), acts.index_select(-1, active).float().cpu())
         if layer == self.layers[-1]:

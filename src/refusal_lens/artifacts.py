@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from refusal_lens import distributed
+
 TRACKED_PACKAGES = ("refusal-lens", "torch", "transformers", "sae-lens", "peft", "scikit-learn", "numpy")
 
 
@@ -47,6 +49,28 @@ def stable_hash(payload: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+_MAIN_WRITES: list[Path] = []  # folders only rank 0 of a data-parallel run writes into
+
+
+@contextmanager
+def written_by_main_process(folder: str | Path) -> Iterator[None]:
+    """In a data-parallel run, only rank 0 writes files under ``folder`` for the span of the
+    block: the other processes' ``write_atomic`` / ``atomic_dir`` there do nothing."""
+    root = Path(folder).resolve()
+    _MAIN_WRITES.append(root)
+    try:
+        yield
+    finally:
+        _MAIN_WRITES.remove(root)
+
+
+def _not_ours(path: Path) -> bool:
+    if not _MAIN_WRITES or distributed.is_main():
+        return False
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(root) for root in _MAIN_WRITES)
+
+
 def _atomic_target(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -55,8 +79,11 @@ def _atomic_target(path: Path):
 
 
 def write_atomic(path: str | Path, writer) -> Path:
-    """Call ``writer(tmp_path)`` then move the file into place: readers never see half a file."""
+    """Call ``writer(tmp_path)`` then move the file into place: readers never see half a file.
+    (Not on a process other than rank 0 under ``written_by_main_process``.)"""
     path = Path(path)
+    if _not_ours(path):
+        return path
     tmp = _atomic_target(path)
     try:
         writer(tmp)
@@ -72,6 +99,13 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """``with atomic_dir(target) as tmp:`` write a folder into ``tmp``. It replaces ``target``
     only when the block succeeds and is deleted when it fails, so ``target`` is never half-written."""
     target = Path(target)
+    if _not_ours(target):
+        scratch = Path(tempfile.mkdtemp(prefix="refusal-lens-not-rank-0-"))
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:

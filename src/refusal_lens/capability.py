@@ -34,6 +34,7 @@ from refusal_lens.activations import model_inputs
 from refusal_lens.data.errors import DataError
 from refusal_lens.generation import generate
 from refusal_lens.interventions import intervene
+from refusal_lens.models.batches import longest_prompt, run_batched
 from refusal_lens.scoring import last_position_logits, next_token_kl
 from refusal_lens.stats import mcnemar, mean_with_interval, rate_with_interval
 
@@ -53,8 +54,11 @@ class CrossEntropy:
                 "per_prompt": [None if math.isnan(x) else x for x in self.per_prompt]}
 
 
+DEFAULT_BATCH = 16  # sequences a forward pass on the CPU (on a GPU: the largest that fits)
+
+
 def own_completions(chat_model: Any, instructions: Sequence[str], *, max_new_tokens: int = 64,
-                    batch_size: int = 8) -> list[str]:
+                    batch_size: int | None = None) -> list[str]:
     """Greedy completions of the unmodified model (the reference every method is scored on)."""
     return generate(chat_model, list(instructions), max_new_tokens=max_new_tokens, batch_size=batch_size)
 
@@ -89,23 +93,30 @@ def _batch_token_losses(chat_model: Any, prompt_ids: list[list[int]], completion
 
 
 def completion_cross_entropy(chat_model: Any, instructions: Sequence[str], completions: Sequence[str], *,
-                             interventions: Sequence[Any] = (), batch_size: int = 8) -> CrossEntropy:
-    """Cross-entropy of ``completions`` (after the chat-formatted ``instructions``) under ``interventions``."""
+                             interventions: Sequence[Any] = (), batch_size: int | None = None) -> CrossEntropy:
+    """Cross-entropy of ``completions`` (after the chat-formatted ``instructions``) under ``interventions``.
+
+    ``batch_size`` None: the largest batch that fits the GPU, ``DEFAULT_BATCH`` on the CPU; in a
+    data-parallel run the pairs are split over the processes."""
     if len(instructions) != len(completions):
         raise ValueError(f"one completion per instruction: got {len(instructions)} instructions and "
                          f"{len(completions)} completions")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     tokenizer = chat_model.tokenizer
     completion_ids = [tokenizer.encode(c, add_special_tokens=False) for c in completions]
     if not any(completion_ids):
         raise ValueError("every completion is empty: there is nothing to score (generate more tokens, "
                          "or use other prompts)")
-    per_token: list[torch.Tensor] = []
-    for start in range(0, len(instructions), batch_size):
-        chunk = slice(start, start + batch_size)
-        per_token.extend(_batch_token_losses(chat_model, _prompt_ids(chat_model, instructions[chunk]),
-                                             completion_ids[chunk], interventions))
+    pairs = list(zip(instructions, completion_ids))
+
+    def losses(chunk: list[tuple[str, list[int]]]) -> list[torch.Tensor]:
+        return _batch_token_losses(chat_model, _prompt_ids(chat_model, [i for i, _ in chunk]),
+                                   [c for _, c in chunk], interventions)
+
+    per_token = run_batched(chat_model, "cross_entropy", pairs, losses, batch_size=batch_size, default=DEFAULT_BATCH,
+                            tokens=lambda part: longest_prompt(chat_model, [i for i, _ in part],
+                                                               max((len(c) for _, c in part), default=0)))
     total = sum(float(t.sum()) for t in per_token)
     n_tokens = sum(int(t.numel()) for t in per_token)
     return CrossEntropy(mean=total / n_tokens, n_tokens=n_tokens,
@@ -259,21 +270,26 @@ def _label_token_ids(tokenizer: Any, label: str) -> list[int]:
 
 
 def multiple_choice_accuracy(chat_model: Any, questions: Sequence[MCQuestion], *,
-                             interventions: Sequence[Any] = (), batch_size: int = 8) -> dict:
+                             interventions: Sequence[Any] = (), batch_size: int | None = None) -> dict:
     """``{"rate", "ci_low", "ci_high", "n", "k", "correct": [...], "predicted": [...]}``."""
     if not questions:
         raise ValueError("no multiple-choice questions to score")
     cache: dict[str, list[int]] = {}
-    predicted: list[int] = []
-    for start in range(0, len(questions), batch_size):
-        chunk = questions[start:start + batch_size]
+
+    def predict(chunk: list[MCQuestion]) -> list[int]:
         logits = last_position_logits(chat_model, [q.instruction() for q in chunk], interventions).float().cpu()
+        predicted = []
         for row, q in enumerate(chunk):
             scores = []
             for label in q.labels:
                 ids = cache.setdefault(label, _label_token_ids(chat_model.tokenizer, label))
                 scores.append(float(logits[row, ids].max()))
             predicted.append(max(range(len(scores)), key=scores.__getitem__))
+        return predicted
+
+    predicted = run_batched(chat_model, "multiple_choice", list(questions), predict, batch_size=batch_size,
+                            default=DEFAULT_BATCH,
+                            tokens=lambda part: longest_prompt(chat_model, [q.instruction() for q in part]))
     correct = [p == q.answer for p, q in zip(predicted, questions)]
     return {**rate_with_interval(correct), "correct": correct, "predicted": predicted}
 
@@ -284,7 +300,7 @@ def multiple_choice_accuracy(chat_model: Any, questions: Sequence[MCQuestion], *
 def capability_report(chat_model: Any, instructions: Sequence[str],
                       methods: Mapping[str, Sequence[Any]], *, completions: Sequence[str] | None = None,
                       mc_questions: Sequence[MCQuestion] | None = None, max_new_tokens: int = 64,
-                      batch_size: int = 8) -> dict:
+                      batch_size: int | None = None) -> dict:
     """Capability cost of each named intervention against the unmodified model.
 
     ``instructions``: harmless prompts (the same for every method). ``completions``: the

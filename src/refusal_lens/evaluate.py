@@ -35,8 +35,11 @@ class PromptResult:
 
 def evaluate_prompts(chat_model: ChatModel, prompts: Sequence[Prompt], judge: Judge, *,
                      interventions: Sequence[Intervention] = (), max_new_tokens: int = 64,
-                     batch_size: int = 16, extra_judges: Sequence[Judge] = ()) -> list[PromptResult]:
-    """``refused`` comes from ``judge``; with ``extra_judges``, every judge's verdict is kept too."""
+                     batch_size: int | None = None, extra_judges: Sequence[Judge] = ()) -> list[PromptResult]:
+    """``refused`` comes from ``judge``; with ``extra_judges``, every judge's verdict is kept too.
+
+    ``batch_size`` None: the largest batch that fits the GPU (16 on the CPU); in a data-parallel
+    run scoring, generation and classifier judges split the prompts over the processes."""
     texts = [p.text for p in prompts]
     scores = refusal_scores(chat_model, texts, batch_size=batch_size, interventions=interventions,
                             progress="refusal scores")

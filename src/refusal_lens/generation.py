@@ -8,7 +8,9 @@ import torch
 
 from refusal_lens.interventions import Intervention, intervene
 from refusal_lens.models import ChatModel
-from refusal_lens.progress import batches
+from refusal_lens.models.batches import longest_prompt, run_batched
+
+DEFAULT_BATCH = 16  # prompts generated together on the CPU (on a GPU: the largest that fits)
 
 
 @torch.no_grad()
@@ -25,11 +27,17 @@ def generate_batch(chat_model: ChatModel, instructions: Sequence[str], *, max_ne
 
 
 def generate(chat_model: ChatModel, instructions: Sequence[str], *, max_new_tokens: int = 64,
-             batch_size: int = 16, interventions: Sequence[Intervention] = (),
+             batch_size: int | None = None, interventions: Sequence[Intervention] = (),
              progress: str | None = None) -> list[str]:
-    """Greedy completions of each instruction (the chat template applied)."""
-    completions: list[str] = []
-    for chunk in batches(instructions, batch_size, progress):
-        completions.extend(generate_batch(chat_model, chunk, max_new_tokens=max_new_tokens,
-                                          interventions=interventions))
-    return completions
+    """Greedy completions of each instruction (the chat template applied).
+
+    ``batch_size`` None: the largest batch that fits the GPU, ``DEFAULT_BATCH`` on the CPU. In a
+    data-parallel run the instructions are split over the processes and every process gets
+    every completion."""
+
+    def complete(chunk: list[str]) -> list[str]:
+        return generate_batch(chat_model, chunk, max_new_tokens=max_new_tokens, interventions=interventions)
+
+    return run_batched(chat_model, "generate", instructions, complete, batch_size=batch_size,
+                       default=DEFAULT_BATCH, progress=progress,
+                       tokens=lambda part: longest_prompt(chat_model, part, max_new_tokens))

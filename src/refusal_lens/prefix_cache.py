@@ -109,9 +109,10 @@ def last_logits_from_cache(chat_model: ChatModel, cache: PrefixCache, rows: torc
         if lowest < cache.start:
             raise ValueError(f"{type(intervention).__name__} edits layer {lowest}, below the cached "
                              f"layer {cache.start}: build the cache at layer {lowest} or lower.")
-    rows = rows.to(cache.hidden.device)
-    hidden = cache.hidden.index_select(0, rows) / _embedding_scale(chat_model)
-    mask = cache.attention_mask.index_select(0, rows)
+    # on the device inputs go to, with the mask: a model split over devices moves it on from there
+    hidden = cache.hidden.index_select(0, rows.to(cache.hidden.device)).to(chat_model.device)
+    hidden = hidden / _embedding_scale(chat_model)
+    mask = cache.attention_mask.index_select(0, rows.to(cache.attention_mask.device))
     with intervene(chat_model, *interventions), upper_layers_only(chat_model, cache.start):
         out = chat_model.model(inputs_embeds=hidden, attention_mask=mask, position_ids=position_ids_for(mask),
                                use_cache=False, logits_to_keep=1)

@@ -13,7 +13,8 @@ T = TypeVar("T")
 
 
 def progress_enabled() -> bool:
-    return os.environ.get("REFUSAL_LENS_PROGRESS", "1") != "0"
+    """Off with ``REFUSAL_LENS_PROGRESS=0``, and in every process of a torchrun launch but rank 0."""
+    return os.environ.get("REFUSAL_LENS_PROGRESS", "1") != "0" and os.environ.get("RANK", "0") == "0"
 
 
 def make_progress() -> Progress:

@@ -10,7 +10,9 @@ import torch
 from refusal_lens.activations import model_inputs
 from refusal_lens.interventions import Intervention, intervene
 from refusal_lens.models import ChatModel
-from refusal_lens.progress import batches
+from refusal_lens.models.batches import longest_prompt, run_batched
+
+DEFAULT_BATCH = 16  # prompts a forward pass on the CPU (on a GPU: the largest that fits)
 
 
 def refusal_score_from_logits(logits: torch.Tensor, refusal_token_ids: Sequence[int]) -> torch.Tensor:
@@ -40,11 +42,19 @@ def last_position_logits(chat_model: ChatModel, instructions: Sequence[str],
     return out.logits[:, -1]
 
 
-def refusal_scores(chat_model: ChatModel, instructions: Sequence[str], *, batch_size: int = 32,
+def refusal_scores(chat_model: ChatModel, instructions: Sequence[str], *, batch_size: int | None = None,
                    interventions: Sequence[Intervention] = (), progress: str | None = None) -> torch.Tensor:
-    """The refusal score of every instruction (``> 0``: about to refuse), on the CPU."""
-    scores = []
-    for chunk in batches(instructions, batch_size, progress):
+    """The refusal score of every instruction (``> 0``: about to refuse), on the CPU.
+
+    ``batch_size`` None: the largest batch that fits the GPU, ``DEFAULT_BATCH`` on the CPU. In a
+    data-parallel run the instructions are split over the processes and every process gets
+    every score."""
+
+    def score(chunk: list[str]) -> torch.Tensor:
         logits = last_position_logits(chat_model, chunk, interventions)
-        scores.append(refusal_score_from_logits(logits, chat_model.refusal_token_ids).cpu())
+        return refusal_score_from_logits(logits, chat_model.refusal_token_ids).cpu()
+
+    scores = run_batched(chat_model, "refusal_scores", instructions, score, batch_size=batch_size,
+                         default=DEFAULT_BATCH, tokens=lambda part: longest_prompt(chat_model, part),
+                         progress=progress)
     return torch.cat(scores) if scores else torch.empty(0)

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from refusal_lens import distributed
 from refusal_lens.attribution.decomposition import LayerChanges, check_sae, decompose
 from refusal_lens.attribution.gradients import (clean_point_gradients, integrated_gradient,
                                                 interpolation_points, logits_from_layer)
@@ -16,8 +17,10 @@ from refusal_lens.attribution.metric import forward_capturing, jailbreak_tokens,
 from refusal_lens.attribution.result import AttributionResult, LayerAttribution
 from refusal_lens.interventions import DirectionalAblation
 from refusal_lens.models import ChatModel
-from refusal_lens.progress import batches
+from refusal_lens.models.batches import longest_prompt, run_batched
 from refusal_lens.saes import SAESet
+
+DEFAULT_BATCH = 8  # prompts a batch on the CPU (on a GPU: the largest that fits; x steps rows for ig)
 
 Method = Literal["ig", "atp"]
 
@@ -57,7 +60,7 @@ class _LayerParts:
 
 def attribute(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], direction: torch.Tensor, *,
               layers: Sequence[int] | None = None, method: Method = "ig", steps: int = 10,
-              batch_size: int = 8, refusal_token: int | None = None,
+              batch_size: int | None = None, refusal_token: int | None = None,
               layer_patched_metric: bool | None = None) -> AttributionResult:
     """Attribute ``m = logit[jailbreak] - logit[refusal]`` to the SAE features at ``layers``
     (default: every layer of ``saes``), per prompt, position and feature (METHOD.md §5).
@@ -71,7 +74,9 @@ def attribute(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], 
     attribution patching at every layer from one backward pass. ``layer_patched_metric``
     (default: on for ``ig``, off for ``atp``) also runs the layers above each SAE layer from
     its patched residual, for ``m_patched_at_layer`` (NaN when off). ``batch_size`` prompts go
-    through together (``× steps`` rows for ``ig``).
+    through together (``× steps`` rows for ``ig``; None: the largest batch that fits the GPU,
+    ``DEFAULT_BATCH`` on the CPU). In a data-parallel run the prompts are split over the
+    processes and every process gets the whole result.
     """
     instructions = list(instructions)
     if method not in ("ig", "atp"):
@@ -83,9 +88,15 @@ def attribute(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], 
     refusal = chat_model.refusal_token_ids[0] if refusal_token is None else int(refusal_token)
     run = _Run(chat_model, saes, layers, method, steps, refusal, DirectionalAblation(direction),
                method == "ig" if layer_patched_metric is None else layer_patched_metric)
-    for chunk in batches(instructions, batch_size, "attribution" if len(instructions) > batch_size else None):
-        run.add_batch(chunk)
-    return run.result()
+    sharded = distributed.active()
+    if sharded:
+        run.n_done = distributed.shard_bounds(len(instructions))[0]
+    with distributed.local():
+        run_batched(chat_model, f"attribution_{method}_{steps}", distributed.shard(instructions) if sharded
+                    else instructions, run.add_batch, batch_size=batch_size, default=DEFAULT_BATCH, shard=False,
+                    tokens=lambda part: longest_prompt(chat_model, part),
+                    progress="attribution" if len(instructions) > (batch_size or DEFAULT_BATCH) else None)
+    return run.gathered() if sharded else run.result()
 
 
 @dataclass
@@ -118,17 +129,39 @@ class _Run:
         else:
             clean, grads, clean_metric = clean_point_gradients(chat_model, batch, layers, tokens, refusal)
         real = mask.bool()
+        found = []  # kept only once the whole batch is done (a batch out of memory is run again, smaller)
         for L in layers:
             grad = (grads.pop(L) if self.method == "atp"
                     else integrated_gradient(chat_model, L, clean[L], patched[L], mask, tokens, refusal, self.steps))
             changes = decompose(self.saes[L], clean[L][real], patched[L][real], grad[real])
             at_layer = (_metric_at_layer(chat_model, L, patched[L], mask, tokens, refusal) if self.layer_patched_metric
                         else torch.full((len(instructions),), float("nan")))
+            found.append((L, changes, at_layer))
+        for L, changes, at_layer in found:
             self.parts.setdefault(L, _LayerParts()).add(changes, mask, self.n_done, at_layer)
         for name, value in (("m_clean", clean_metric), ("m_patched", metric_from_logits(logits, tokens, refusal)),
                             ("jailbreak", tokens), ("lengths", mask.sum(1))):
             self.per_prompt.setdefault(name, []).append(value.cpu())
         self.n_done += len(instructions)
+
+    def gathered(self) -> AttributionResult:
+        """The result over every process's prompts (prompt indices are global already)."""
+        mine = {}
+        for L, parts in self.parts.items():
+            for name in ("prompt", "position", "feature", "delta", "attribution", "m_patched_at_layer"):
+                mine[f"{L}/{name}"] = torch.cat(getattr(parts, name))
+            width = max(e.shape[1] for e in parts.error)
+            mine[f"{L}/error"] = torch.cat([F.pad(e, (width - e.shape[1], 0)) for e in parts.error])
+        mine.update({name: torch.cat(values) for name, values in self.per_prompt.items()})
+        self.parts, self.per_prompt = {}, {}
+        for tensors in distributed.gather_tensor_dicts(mine, "gathering attributions"):
+            for name, value in tensors.items():
+                layer, _, field_name = name.rpartition("/")
+                if layer:
+                    getattr(self.parts.setdefault(int(layer), _LayerParts()), field_name).append(value)
+                else:
+                    self.per_prompt.setdefault(name, []).append(value)
+        return self.result()
 
     def result(self) -> AttributionResult:
         joined = {name: torch.cat(values) for name, values in self.per_prompt.items()}

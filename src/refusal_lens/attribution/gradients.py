@@ -51,7 +51,7 @@ def logits_from_layer(chat_model: ChatModel, layer: int, hidden: torch.Tensor,
     """Last-position logits of a forward pass that starts from ``hidden``, the output of block
     ``layer`` (``[rows, seq, d]``), and runs blocks ``layer + 1 ..`` only."""
     with upper_layers_only(chat_model, layer + 1):
-        out = chat_model.model(inputs_embeds=hidden / _embedding_scale(chat_model),
+        out = chat_model.model(inputs_embeds=hidden.to(chat_model.device) / _embedding_scale(chat_model),
                                attention_mask=attention_mask, position_ids=position_ids_for(attention_mask),
                                use_cache=False, logits_to_keep=1)
     return out.logits[:, -1]

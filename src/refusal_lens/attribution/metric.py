@@ -42,11 +42,12 @@ def forward_capturing(chat_model: ChatModel, batch: BatchEncoding, layers: Seque
     while it still flows on to the layers below (attribution patching).
     """
     captured: dict[int, torch.Tensor] = {}
+    home = chat_model.device  # of a model split over devices: where the batch and its mask are
 
     def capture(layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
         if offsets is not None:
-            hidden = hidden + offsets[layer]
-        captured[layer] = hidden.detach().clone()
+            hidden = hidden + offsets[layer].to(hidden.device)  # the gradient crosses back to the offset
+        captured[layer] = hidden.detach().to(home, copy=True)
         return hidden if offsets is not None else None
 
     handles = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -51,7 +51,8 @@ def eval_command(
                                             "first decides `refused`)")] = "substring",
     judge_device: Annotated[str | None, typer.Option(help="Device of a classifier judge.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="Prompts a batch (default: the largest that fits the GPU, 16 on the CPU).")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
@@ -122,7 +123,7 @@ def check_positions(positions: str, kind: str) -> None:
 
 
 def _capability_cost(chat_model, interventions, harmless: str | None, limit: int, mc: Path | None,
-                     max_new_tokens: int, batch_size: int) -> dict:
+                     max_new_tokens: int, batch_size: int | None) -> dict:
     from refusal_lens.capability import capability_report, load_mc_file
     from refusal_lens.data import load_prompts as load_prompt_set
 

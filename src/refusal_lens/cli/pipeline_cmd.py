@@ -6,6 +6,7 @@ when the CLI starts: ``refusal-lens --help`` should not wait for it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -105,7 +106,8 @@ def _stage_command(stage: str):
         run_config = _load_config(config, _overrides(model, saes, device, dtype, device_map, seed, n_search, None,
                                                      top_k, tau, thinking))
         results = _run(run_config, out, until=stage)
-        console.print(f"{stage}: artifacts in [bold]{out / 'stages'}[/]; summary in {out / 'results.json'}")
+        if os.environ.get("RANK", "0") == "0":
+            console.print(f"{stage}: artifacts in [bold]{out / 'stages'}[/]; summary in {out / 'results.json'}")
         print_headline(results, out)
 
     command.__name__ = f"{stage}_command"
@@ -114,7 +116,9 @@ def _stage_command(stage: str):
 
 
 def print_headline(results: dict[str, BaseModel], out: Path) -> None:
-    """Each stage's summary lines, in order, then where the report is."""
+    """Each stage's summary lines, in order, then where the report is (rank 0 alone, under torchrun)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     for name, result in results.items():
         for line in stages.load(name).summary(result):
             results_console.print(line)

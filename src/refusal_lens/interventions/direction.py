@@ -76,9 +76,13 @@ class DirectionalAblation:
 
     def attach(self, chat_model: ChatModel) -> list[RemovableHandle]:
         unit = _unit_rows(self.direction.detach().float()).to(chat_model.device)
+        units = {unit.device: unit}  # by device: a model split over devices edits each block on its own
 
         def ablate(hidden: torch.Tensor) -> torch.Tensor:
-            return project_out(hidden, unit)
+            on_device = units.get(hidden.device)
+            if on_device is None:
+                on_device = units[hidden.device] = unit.to(hidden.device)
+            return project_out(hidden, on_device)
 
         blocks = (range(chat_model.n_layers) if self.layers is None
                   else sorted({chat_model.check_layer(L) for L in self.layers}))
@@ -110,14 +114,14 @@ class ActivationAddition:
 
     def attach(self, chat_model: ChatModel) -> list[RemovableHandle]:
         layer = chat_model.check_layer(self.layer)
-        shift = (self.coefficient * self.vector.detach()).to(chat_model.device)
+        shift = (self.coefficient * self.vector.detach()).to(chat_model.layer_device(layer))
         if shift.dim() == 2:
             shift = shift[:, None, :]
 
         def add(hidden: torch.Tensor) -> torch.Tensor:
             if shift.dim() == 3 and shift.shape[0] != hidden.shape[0]:
                 raise ValueError(f"{shift.shape[0]} vectors for a batch of {hidden.shape[0]} rows.")
-            return hidden + shift.to(hidden.dtype)
+            return hidden + shift.to(hidden.device, hidden.dtype)
 
         return [add_output_edit(chat_model.layers[layer], add)]
 

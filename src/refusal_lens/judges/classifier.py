@@ -7,11 +7,17 @@ passed instead (tests build tiny random ones).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
+from refusal_lens import distributed
+from refusal_lens.batching import BatchKey, length_bucket, map_batches, memory_probe
+from refusal_lens.judges.base import Verdict
+
+DEFAULT_BATCH = 8  # texts a batch on the CPU (on a GPU: the largest that fits)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -32,11 +38,11 @@ class ClassifierJudge:
     default_model_id = ""
 
     def __init__(self, model_id: str | None = None, *, device: str | None = None,
-                 dtype: str | torch.dtype | None = None, batch_size: int = 8,
+                 dtype: str | torch.dtype | None = None, batch_size: int | None = None,
                  model: Any = None, tokenizer: Any = None, **load_kwargs: Any) -> None:
         if (model is None) != (tokenizer is None):
             raise ValueError("pass both model= and tokenizer=, or neither")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model_id = model_id or self.default_model_id
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -89,6 +95,23 @@ class ClassifierJudge:
         return self.model.get_input_embeddings().weight.device
 
     # --- batching ----------------------------------------------------------------------
+    def judge_in_batches(self, texts: Sequence[str], judge_chunk: Callable[[list[str]], list[Verdict]],
+                         operation: str) -> list[Verdict]:
+        """``judge_chunk`` on batches of the classifier's input ``texts`` (``batch_size``; None: the
+        largest that fits the GPU, ``DEFAULT_BATCH`` on the CPU), split over the processes of a
+        data-parallel run; every process gets every verdict."""
+
+        def local(part: list[str]) -> list[dict]:
+            def key() -> BatchKey:
+                longest = max((len(ids) for ids in self.tokenizer(part)["input_ids"]), default=1)
+                return BatchKey(self.model_id, str(self.model_device), operation, length_bucket(longest))
+
+            chunks = map_batches(part, judge_chunk, batch_size=self.batch_size, default=DEFAULT_BATCH, key=key,
+                                 memory=memory_probe(self.model_device))
+            return [asdict(v) for chunk in chunks for v in chunk]
+
+        return [Verdict(**v) for v in distributed.map_shards(list(texts), local)]
+
     def encode(self, texts: Sequence[str], *, add_special_tokens: bool) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(list(texts), add_special_tokens=add_special_tokens, padding=True,
                                return_tensors="pt")

@@ -120,15 +120,18 @@ class LlamaGuardJudge(ClassifierJudge):
     def judge(self, prompts: list[str], responses: list[str]) -> list[Verdict]:
         texts = self.build_prompts(prompts, responses)
         safe_ids, unsafe_ids = self.token_ids(["safe"]), self.token_ids(["unsafe"])
-        verdicts: list[Verdict] = []
-        for start in range(0, len(texts), self.batch_size):
-            new_tokens, scores = self._generate(texts[start:start + self.batch_size])
+
+        def judge_chunk(chunk: list[str]) -> list[Verdict]:
+            verdicts: list[Verdict] = []
+            new_tokens, scores = self._generate(chunk)
             for row in range(new_tokens.shape[0]):
                 text = self.tokenizer.decode(new_tokens[row], skip_special_tokens=True)
                 verdict = parse_llamaguard(text)
                 score = self._unsafe_probability(new_tokens[row], scores, row, safe_ids, unsafe_ids)
                 verdicts.append(Verdict(verdict.refused, verdict.label, score, verdict.evidence))
-        return verdicts
+            return verdicts
+
+        return self.judge_in_batches(texts, judge_chunk, "llamaguard")
 
     def _unsafe_probability(self, tokens: torch.Tensor, scores: Sequence[torch.Tensor], row: int,
                             safe_ids: list[int], unsafe_ids: list[int]) -> float | None:

@@ -21,7 +21,7 @@ class RefusalScoreJudge:
     name = "refusal_score"
 
     def __init__(self, chat_model: Any = None, *, interventions: Sequence[Any] = (),
-                 threshold: float = 0.0, batch_size: int = 32) -> None:
+                 threshold: float = 0.0, batch_size: int | None = None) -> None:
         if chat_model is None:
             raise ValueError("the refusal_score judge needs the model under test: "
                              "get_judge('refusal_score', chat_model=...)")

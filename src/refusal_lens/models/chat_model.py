@@ -110,7 +110,18 @@ class ChatModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        """Where inputs go: the device the embeddings run on (with accelerate's offloading, the
+        execution device of their hook, their weights being on ``meta`` between calls)."""
+        return module_device(self.model.get_input_embeddings())
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device the model runs on: the inputs' and its blocks' (one, unless split)."""
+        return list(dict.fromkeys([self.device, *(module_device(block) for block in self.layers)]))
+
+    def layer_device(self, layer: int) -> torch.device:
+        """The device block ``layer`` runs on (several, for a model split by ``device_map``)."""
+        return module_device(self.layers[self.check_layer(layer)])
 
     @property
     def dtype(self) -> torch.dtype:
@@ -288,6 +299,19 @@ def build_chat_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return ChatModel(model=model, tokenizer=tokenizer,
                      name=name or getattr(model.config, "_name_or_path", "") or model.config.model_type,
                      family=family, **kwargs)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device ``module`` computes on: its accelerate hook's execution device when it has one
+    (dispatched or offloaded), else its first parameter's (the CPU when it has none)."""
+    hook = getattr(module, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    for parameter in module.parameters():
+        if parameter.device.type != "meta":
+            return parameter.device
+    return torch.device("cpu")
 
 
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:

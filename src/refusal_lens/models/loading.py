@@ -8,9 +8,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from refusal_lens import distributed
+from refusal_lens.artifacts import stable_hash
 from refusal_lens.models.chat_model import ChatModel, build_chat_model
 from refusal_lens.models.families import get_family
 from refusal_lens.models.registry import model_source, named_model_sources
+from refusal_lens.paths import cache_dir
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -55,7 +58,8 @@ def load_chat_model(
     (then ``family`` and ``thinking`` apply). ``family`` overrides the detected family (see
     :mod:`refusal_lens.models.families`); ``thinking`` lets a reasoning model (Qwen3, gpt-oss)
     think before it answers. ``device_map`` (e.g. ``"auto"``) spreads a model over several GPUs
-    and takes precedence over ``device``.
+    (accelerate's dispatch; what does not fit goes to the CPU, then to disk under the cache
+    directory) and takes precedence over ``device``.
     """
     loader = model_source(name)
     if loader is not None:
@@ -68,8 +72,8 @@ def load_chat_model(
     source, load_kwargs = _locate(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, device_map=device_map, **load_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **_placement(name, device_map),
+                                                     **load_kwargs)
     except OSError as error:
         raise ModelLoadError(
             f"Could not load model {name!r}: {error}\nGive a local folder, a .gguf file, a "
@@ -83,6 +87,17 @@ def load_chat_model(
         model, tokenizer, name=name,
         family=get_family(family) if family else None,
         refusal_tokens=refusal_tokens, system_prompt=system_prompt, thinking=thinking)
+
+
+def _placement(name: str, device_map: str | dict | None) -> dict:
+    """``from_pretrained``'s arguments for ``device_map``: what fits no GPU goes to the CPU, then to
+    disk under the cache; under torchrun each process spreads the model over its own GPUs only."""
+    if device_map is None:
+        return {}
+    placement = {"device_map": device_map, "offload_folder": str(cache_dir() / "offload" / stable_hash(name))}
+    if distributed.launched() and torch.cuda.is_available() and isinstance(device_map, str):
+        placement["max_memory"] = {i: torch.cuda.get_device_properties(i).total_memory for i in distributed.my_gpus()}
+    return placement
 
 
 def _locate(name: str) -> tuple[str, dict]:

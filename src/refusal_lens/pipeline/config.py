@@ -91,7 +91,8 @@ class SearchConfig(StrictModel):
     shared: bool = Field(True, description="search one set shared by the search prompts")
     shared_flip_fraction: float = Field(0.9, gt=0, le=1, description=(
         "a shared set must keep this fraction of the prompts that the full candidate set flips flipped"))
-    rows_per_forward: int = Field(64, ge=1, description="(prompt, feature set) pairs evaluated per forward pass")
+    rows_per_forward: int | None = Field(None, ge=1, description=(
+        "(prompt, feature set) pairs evaluated per forward pass; default: as many as fit the GPU, 64 on the CPU"))
     cost: Literal["none", "harmless_kl"] = Field("none", description=(
         "none: the paper's search only; harmless_kl: also cheap shared tracks, where capability cost is an "
         "objective: candidates ordered by their firing rate on harmless training prompts (costliest tried "
@@ -186,7 +187,9 @@ class EvaluationConfig(StrictModel):
 
     max_new_tokens: int = Field(64, ge=1, description="greedy answer length (also the verification's)")
     n_random_sets: int = Field(3, ge=1, description="random control sets matched to the minimal set")
-    batch_size: int = Field(16, ge=1, description="prompts per batch of generation (also the verification's)")
+    batch_size: int | None = Field(None, ge=1, description=(
+        "prompts per batch of scoring, generation and judging (also the verification's); default: the largest "
+        "that fits the GPU, 16 on the CPU"))
     attribution_baselines: list[Literal["cosine", "attribution", "activation_difference"]] = Field(
         default_factory=lambda: list(ATTRIBUTION_BASELINES), description=(
             "feature sets clamped beside CosSim+AP, with the same c (`attribution.scales`); activation_difference "
@@ -335,7 +338,9 @@ class RunConfig(StrictModel):
     jailbreaks: JailbreaksConfig = Field(default_factory=JailbreaksConfig, description="jailbreak dissection")
     probes: ProbesConfig = Field(default_factory=ProbesConfig, description="out-of-distribution probes")
     seed: int = Field(0, description="prompt sampling, the factorization machine, the probe, the random controls")
-    batch_size: int = Field(16, ge=1, description="prompts per forward pass outside the search")
+    batch_size: int | None = Field(None, ge=1, description=(
+        "prompts per forward pass outside the search and the evaluation; default: the largest that fits the "
+        "GPU, 16 on the CPU"))
 
     @model_validator(mode="after")
     def _attribution_fits(self):

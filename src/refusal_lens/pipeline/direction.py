@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
-from refusal_lens.activations import model_inputs, residuals
+from refusal_lens import activations
+from refusal_lens.activations import model_inputs
 from refusal_lens.interventions import ActivationAddition, DirectionalAblation, intervene
 from refusal_lens.interventions.files import load_direction, save_direction
 from refusal_lens.models import ChatModel
@@ -33,7 +34,7 @@ from refusal_lens.pipeline.prompt_sets import PromptSets, texts
 from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
 from refusal_lens.pipeline.store import StageDir
 from refusal_lens.prefix_cache import PrefixCache, build_prefix_caches, last_logits_from_cache
-from refusal_lens.progress import batches, make_progress
+from refusal_lens.progress import make_progress
 from refusal_lens.report import ReportSection, img, save_figure, subplots, table
 from refusal_lens.scoring import last_position_logits, next_token_kl, refusal_score_from_logits
 
@@ -91,15 +92,10 @@ class RefusalDirection(BaseModel):
 
 # --- candidates ---------------------------------------------------------------------------
 def mean_residuals(chat_model: ChatModel, instructions: Sequence[str], positions: Sequence[int],
-                   batch_size: int, description: str) -> torch.Tensor:
+                   batch_size: int | None, description: str) -> torch.Tensor:
     """Mean residual ``[n_layers, len(positions), d_model]`` over the instructions."""
-    layers = list(range(chat_model.n_layers))
-    total = None
-    for chunk in batches(instructions, batch_size, description):
-        acts = residuals(chat_model, chunk, layers, positions)
-        stacked = torch.stack([acts[L].float().sum(0) for L in layers])
-        total = stacked if total is None else total + stacked
-    return (total / len(instructions)).cpu()
+    return activations.mean_residuals(chat_model, instructions, range(chat_model.n_layers), positions,
+                                      batch_size=batch_size, progress=description)
 
 
 def candidate_directions(chat_model: ChatModel, harmful: Sequence[str], harmless: Sequence[str],

@@ -153,7 +153,7 @@ def config_markdown() -> str:
                       field_table(info.annotation, with_defaults=True) + "\n"]
         else:
             top_level.append(name)
-    rows = [f"| `{n}` | `{type_name(RunConfig.model_fields[n].annotation)}` | "
+    rows = [f"| `{n}` | `{_cell(type_name(RunConfig.model_fields[n].annotation))}` | "
             f"`{json.dumps(_default(RunConfig.model_fields[n]))}` | {_cell(RunConfig.model_fields[n].description or '')} |"
             for n in top_level]
     parts += ["## Top level\n", "| field | type | default | description |\n| --- | --- | --- | --- |\n"

@@ -11,33 +11,58 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel
 from rich.console import Console
 
-from refusal_lens.artifacts import provenance, write_json
+from refusal_lens import distributed
+from refusal_lens.artifacts import provenance, write_json, written_by_main_process
+from refusal_lens.models import ChatModel
 from refusal_lens.pipeline import stages
 from refusal_lens.pipeline.config import RunConfig
 from refusal_lens.pipeline.cost import measure
 from refusal_lens.pipeline.stage import SCHEMA_VERSION, Inputs, RunContext, Stage, StageRun
 from refusal_lens.report import write_report
+from refusal_lens.saes import SAESet
 
 RESULT_FILE = "result.json"
 
 
 def run_pipeline(config: RunConfig, out_dir: str | Path, *, until: str | None = None,
-                 console: Console | None = None) -> dict[str, BaseModel]:
-    """Run (or reuse) every stage up to ``until`` (default: the last); write results, exported
-    files and the report.
+                 console: Console | None = None, chat_model: ChatModel | None = None,
+                 saes: SAESet | None = None) -> dict[str, BaseModel]:
+    """Run (or reuse) every stage up to ``until`` (default: the last); write results, exported files and the report.
 
-    Returns each stage's result by stage name, in order.
+    ``chat_model`` / ``saes``: already loaded ones to use instead of loading ``config.model`` /
+    ``config.saes`` (whose names then only label the run). Returns each stage's result by
+    stage name, in order.
     """
     names = stages.names_until(until or stages.NAMES[-1])
-    ctx = RunContext(config, Path(out_dir), console or Console(stderr=True))
-    runs: dict[str, StageRun] = {}
-    for name in names:
-        runs[name] = run_stage(ctx, stages.load(name), runs)
-    write_outputs(ctx, runs)
+    with distributed.data_parallel(), written_by_main_process(out_dir):
+        check_data_parallel(config)
+        if not distributed.is_main():
+            console = Console(stderr=True, quiet=True)
+        ctx = RunContext(config, Path(out_dir), console or Console(stderr=True))
+        for name, loaded in (("chat_model", chat_model), ("saes", saes)):
+            if loaded is not None:
+                ctx.__dict__[name] = loaded  # RunContext's cached properties, filled in
+        runs: dict[str, StageRun] = {}
+        for name in names:
+            runs[name] = run_stage(ctx, stages.load(name), runs)
+        if distributed.is_main():
+            write_outputs(ctx, runs)
+        distributed.barrier("waiting for rank 0 to write the run's outputs")
     return {name: run.result for name, run in runs.items()}
+
+
+def check_data_parallel(config: RunConfig) -> None:
+    """Refuse what one process per GPU cannot do."""
+    if distributed.world_size() == 1:
+        return
+    device = config.model.device
+    if device is not None and device.startswith("cuda:"):
+        raise ValueError(f"model.device = {device!r} puts every process on one GPU: leave it unset (or 'cuda'); "
+                         "each process takes its own GPU (its share of them with --device-map auto).")
 
 
 def _inputs(stage: Stage, runs: dict[str, StageRun]) -> Inputs:
@@ -50,14 +75,18 @@ def run_stage(ctx: RunContext, stage: Stage, earlier: dict[str, StageRun]) -> St
     inputs = _inputs(stage, earlier)
     part = stage.key_part(ctx.config)
     stage_dir = ctx.store.stage(stage.name, part, [inputs.dir(name) for name in stage.reads])
-    if stage_dir.done:
+    if distributed.broadcast_json(stage_dir.done, f"deciding whether to reuse the {stage.name} stage"):
         ctx.console.print(f"[dim]{stage.name}: reusing {stage_dir.path.name}[/]")
     else:
         ctx.console.print(f"[bold cyan]{stage.name}[/] ...")
         with measure(ctx.chat_model) as meter:
             result = stage.compute(ctx, inputs, stage_dir)
+        if distributed.active():  # every process ran its share
+            meter.forward_passes, meter.rows = distributed.all_reduce_sum(
+                torch.tensor([meter.forward_passes, meter.rows])).tolist()
         stage_dir.save_json(RESULT_FILE, result.model_dump(mode="json"))
         stage_dir.mark_done(part, meter.as_dict())
+        distributed.barrier(f"waiting for rank 0 to save the {stage.name} stage")
         ctx.console.print(f"{stage.name}: done in {meter.wall_time_s:.1f} s ({meter.forward_passes} forward passes)")
     return StageRun(stage, stage_dir, stage.result.model_validate(stage_dir.load_json(RESULT_FILE)))
 

@@ -28,15 +28,17 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, Field
 
+from refusal_lens import distributed
 from refusal_lens.interventions import FeatureIntervention, FeatureKey, FeatureOp
 from refusal_lens.models import ChatModel
+from refusal_lens.models.batches import run_batched
 from refusal_lens.pipeline.candidates import Candidates
 from refusal_lens.pipeline.prompt_sets import PromptSets, texts
 from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
@@ -49,6 +51,7 @@ from refusal_lens.scoring import refusal_score_from_logits
 from refusal_lens.targeting import HarmlessActivity, harmless_activity, next_token_kl
 
 CHECKPOINT = "checkpoint.json"
+DEFAULT_ROWS = 64  # (prompt, feature set) rows a forward pass on the CPU
 
 
 @dataclass
@@ -80,37 +83,46 @@ class Evaluation:
 
 
 class SetEvaluator:
-    """Refusal scores of many (prompt, ablation set) pairs, ``rows_per_forward`` per forward pass."""
+    """Refusal scores of many (prompt, ablation set) pairs, ``rows_per_forward`` per forward pass
+    (None: as many as fit the GPU, ``DEFAULT_ROWS`` on the CPU); in a data-parallel run the
+    pairs are split over the processes and every process gets every score."""
 
     def __init__(self, chat_model: ChatModel, saes: SAESet, cache: PrefixCache, op: FeatureOp,
-                 rows_per_forward: int, universe: Sequence[FeatureKey] | None = None):
+                 rows_per_forward: int | None = None, universe: Sequence[FeatureKey] | None = None):
         self.chat_model, self.saes, self.cache, self.op = chat_model, saes, cache, op
         self.rows_per_forward = rows_per_forward
         self.universe = universe  # every set is a subset: slices are built once and shared
         self.forward_passes = 0
         self.rows = 0
 
-    def logits(self, pairs: Sequence[tuple[int, Sequence[FeatureKey]]]) -> Iterator[torch.Tensor]:
-        """Last-position logits (float32) of the pairs, one chunk of ``rows_per_forward`` at a time."""
-        for start in range(0, len(pairs), self.rows_per_forward):
-            chunk = pairs[start:start + self.rows_per_forward]
-            rows = torch.tensor([prompt for prompt, _ in chunk])
-            sets = [features for _, features in chunk]
-            interventions = ([FeatureIntervention.for_rows(self.saes, sets, self.op, universe=self.universe)]
-                             if any(sets) else [])
-            yield last_logits_from_cache(self.chat_model, self.cache, rows, interventions).float()
-            self.forward_passes += 1
-            self.rows += len(chunk)
+    def _chunk_logits(self, chunk: Sequence[tuple[int, Sequence[FeatureKey]]]) -> torch.Tensor:
+        rows = torch.tensor([prompt for prompt, _ in chunk])
+        sets = [features for _, features in chunk]
+        interventions = ([FeatureIntervention.for_rows(self.saes, sets, self.op, universe=self.universe)]
+                         if any(sets) else [])
+        logits = last_logits_from_cache(self.chat_model, self.cache, rows, interventions).float()
+        self.forward_passes += 1
+        self.rows += len(chunk)
+        return logits
+
+    def logits(self, pairs: Sequence[tuple[int, Sequence[FeatureKey]]]) -> list[torch.Tensor]:
+        """Last-position logits (float32) of the pairs, one chunk at a time, in this process (the
+        cheap search's harmless prompts are few; every process computes them all)."""
+        size = self.rows_per_forward or DEFAULT_ROWS
+        return [self._chunk_logits(pairs[start:start + size]) for start in range(0, len(pairs), size)]
 
     def __call__(self, pairs: Sequence[tuple[int, Sequence[FeatureKey]]]) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, probs = [], []
-        for logits in self.logits(pairs):
-            score = refusal_score_from_logits(logits, self.chat_model.refusal_token_ids)
-            scores.append(score.cpu())
-            probs.append(torch.sigmoid(score).cpu())  # score is the log-odds of P(refusal)
-        if not pairs:  # e.g. a resumed search: every track already past its first test
+        def evaluate(chunk: list[tuple[int, Sequence[FeatureKey]]]) -> torch.Tensor:
+            logits = self._chunk_logits(chunk)
+            return refusal_score_from_logits(logits, self.chat_model.refusal_token_ids).cpu()
+
+        scores = run_batched(self.chat_model, "set_evaluation", list(pairs), evaluate,
+                             batch_size=self.rows_per_forward, default=DEFAULT_ROWS,
+                             tokens=lambda part: self.cache.hidden.shape[1])
+        if not scores:  # e.g. a resumed search: every track already past its first test
             return torch.empty(0), torch.empty(0)
-        return torch.cat(scores), torch.cat(probs)
+        score = torch.cat(scores)
+        return score, torch.sigmoid(score)  # score is the log-odds of P(refusal)
 
 
 class HarmlessKL:
@@ -263,7 +275,7 @@ def greedy_minimal_sets(chat_model: ChatModel, saes: SAESet, instructions: Seque
                         candidates: Sequence[FeatureKey], *, seeds: Sequence[int] = (0, 1, 2),
                         block_size: int = 5, tau: float = 0.1, per_prompt: bool = True, shared: bool = True,
                         shared_flip_fraction: float = 0.9, per_prompt_limit: int | None = None,
-                        rows_per_forward: int = 64,
+                        rows_per_forward: int | None = None,
                         op: FeatureOp | None = None, tracks: list[Track] | None = None,
                         on_step: Callable[[list[Track]], None] | None = None,
                         harmless: Sequence[str] = (), cheap: bool = False,
@@ -307,7 +319,10 @@ def greedy_minimal_sets(chat_model: ChatModel, saes: SAESet, instructions: Seque
     if kl is not None:
         finished = [t for t in tracks if t.status == "done" and not t.name.startswith("prompt")]
         final_kl = dict(zip([t.name for t in finished], kl([t.current for t in finished])))
-    return SearchOutcome(tracks, evaluate.forward_passes, evaluate.rows, time.perf_counter() - started,
+    passes, rows = evaluate.forward_passes, evaluate.rows
+    if distributed.active():  # every process evaluated its share of the rows
+        passes, rows = distributed.all_reduce_sum(torch.tensor([passes, rows])).tolist()
+    return SearchOutcome(tracks, passes, rows, time.perf_counter() - started,
                          activity, final_kl, len(harmless) if activity else 0,
                          len(cheap_candidates) if cheap_candidates is not None else 0)
 

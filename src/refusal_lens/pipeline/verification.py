@@ -12,9 +12,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from refusal_lens.generation import DEFAULT_BATCH as GENERATION_BATCH
 from refusal_lens.generation import generate, generate_batch
 from refusal_lens.interventions import FeatureIntervention, FeatureKey
 from refusal_lens.judges import get_judge
+from refusal_lens.models.batches import longest_prompt, run_batched
 from refusal_lens.pipeline.prompt_sets import PromptSets, texts
 from refusal_lens.pipeline.search import MinimalSets
 from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
@@ -44,13 +46,17 @@ class Verification(BaseModel):
 
 def generate_with_own_sets(ctx: RunContext, instructions: list[str], feature_sets: Sequence) -> list[str]:
     """Greedy answers, each prompt with its own ablation set (one feature set per batch row)."""
-    answers, size = [], ctx.config.evaluation.batch_size
-    for start in range(0, len(instructions), size):
-        sets = [[tuple(f) for f in s] for s in feature_sets[start:start + size]]
-        answers += generate_batch(ctx.chat_model, instructions[start:start + size],
-                                  max_new_tokens=ctx.config.evaluation.max_new_tokens,
-                                  interventions=[FeatureIntervention.for_rows(ctx.saes, sets)])
-    return answers
+    max_new_tokens = ctx.config.evaluation.max_new_tokens
+    items = [(text, [[int(L), int(i)] for L, i in features]) for text, features in zip(instructions, feature_sets)]
+
+    def answer(chunk: list[tuple[str, list]]) -> list[str]:
+        sets = [[(L, i) for L, i in features] for _, features in chunk]
+        return generate_batch(ctx.chat_model, [text for text, _ in chunk], max_new_tokens=max_new_tokens,
+                              interventions=[FeatureIntervention.for_rows(ctx.saes, sets)])
+
+    return run_batched(ctx.chat_model, "generate_own_sets", items, answer, batch_size=ctx.config.evaluation.batch_size,
+                       default=GENERATION_BATCH,
+                       tokens=lambda part: longest_prompt(ctx.chat_model, [t for t, _ in part], max_new_tokens))
 
 
 def _jailbreak_rate(ctx: RunContext, instructions: list[str], features: list[FeatureKey], name: str) -> float | None:

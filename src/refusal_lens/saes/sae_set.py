@@ -87,6 +87,7 @@ class SAESet(Mapping[int, SAE]):
         self.expected_d_in: int | None = None
         self.for_model: str | None = None
         self.model_note: str | None = None
+        self.layer_devices: dict[int, str] = {}  # where a layer's SAE goes, when not ``device``
         self._loaded: dict[int, SAE] = {}
 
     # --- construction ------------------------------------------------------------------
@@ -146,7 +147,7 @@ class SAESet(Mapping[int, SAE]):
         if layer not in self.sources:
             raise KeyError(f"No SAE at layer {layer} in {self.name}; layers: {self.layers}")
         if layer not in self._loaded:
-            sae = self.sources[layer].load(self.device, self.dtype)
+            sae = self.sources[layer].load(self.layer_devices.get(layer, self.device), self.dtype)
             self._check_hook(layer, sae)
             self._check_d_in(layer, sae.cfg.d_in)
             sae.requires_grad_(False)
@@ -173,8 +174,18 @@ class SAESet(Mapping[int, SAE]):
 
     def to(self, device: str) -> SAESet:
         self.device = device
+        self.layer_devices = {}
         for sae in self._loaded.values():
             sae.to(device)
+        return self
+
+    def place(self, layer_devices: Mapping[int, str]) -> SAESet:
+        """Put each layer's SAE on its own device (that of its layer, for a model split over
+        devices), loaded ones now, the others when they load."""
+        self.layer_devices.update({int(L): str(d) for L, d in layer_devices.items()})
+        for layer, sae in self._loaded.items():
+            if layer in self.layer_devices:
+                sae.to(self.layer_devices[layer])
         return self
 
     def check_against(self, n_layers: int, d_model: int, model_name: str | None = None, *,

@@ -1,0 +1,395 @@
+#!/usr/bin/env python
+"""Batches sized to the GPU, on real model shapes (issue 27). Random weights, bf16 on a GPU.
+
+    python benchmarks/scale.py [--shapes gemma2-2b,llama31-8b] [--cases generation,evaluation,pipeline]
+
+Builds each model from its real config and a JumpReLU SAE at every layer, as benchmarks/run.py
+does (nothing is downloaded); the logits of ids its small tokenizer lacks are masked, so
+answers decode to text. Cases, per shape:
+
+  generation   greedy generation (``--tokens``-token prompts, ``--new-tokens`` new) of
+               ``--gen-prompts`` prompts under a feature intervention (``--features-per-layer``
+               random features zero-ablated at every layer), through ``refusal_lens.generation.
+               generate``: batch 32 against the automatic batch (``batch_size=None``: measured on
+               the first batch, then remembered; the first call, measuring included, is reported
+               apart), and plain against the intervention at the automatic batch. Issue 27's goals
+               (Gemma shape): the automatic batch >= 4x batch 32's tokens/s, the intervention >=
+               0.85x plain at that batch.
+  evaluation   what the evaluation stage does for 8 methods x ``--eval-prompts`` held-out prompts:
+               refusal scores, greedy answers, the substring judge, and the capability cost of
+               each method on ``--capability-prompts`` harmless prompts; wall time at batch 32
+               and automatic.
+  pipeline     every stage of the pipeline (``run_pipeline``, default config but for the prompt
+               counts) with the SAEs at every layer: ``--search-prompts`` search prompts,
+               ``--eval-prompts`` evaluation prompts, batch sizes automatic; wall time stage by
+               stage. Random weights make refusal meaningless, so it is forced, and the JSON says
+               how: the refusal tokens are half the vocabulary (so about half the prompts score
+               above 0 and count as refused), the search's first step counts every prompt as
+               flipped by ablating all candidates, and its later tests are decided by
+               ``--search-decisions`` (``coin``: a seeded coin, ``reject``: every test rejected,
+               the most lock-steps the search can take, ``accept``: the fewest).
+
+The results go to ``$OUT/scale.json`` (or ``--out``) after each case; a table comes last.
+``tests/test_benchmarks_smoke.py`` runs every case on a tiny shape on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT / "src", ROOT):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import torch  # noqa: E402
+
+from benchmarks.run import GiB, choose_sae_backend, environment, synchronize  # noqa: E402
+
+GEN_GOAL, EDIT_GOAL = 4.0, 0.85
+
+
+class RowCounter:
+    """Rows through the model's forward: in generation, one new token a row a call."""
+
+    def __init__(self, chat_model):
+        self.rows = 0
+        self.calls = 0
+
+        def count(_module, args, kwargs):
+            tensor = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+            self.rows += int(tensor.shape[0]) if tensor is not None else 0
+            self.calls += 1
+
+        self.handle = chat_model.model.register_forward_pre_hook(count, with_kwargs=True)
+
+    def reset(self) -> None:
+        self.rows = self.calls = 0
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / GiB if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def mask_unknown_tokens(chat_model) -> int:
+    """The benchmark's tokenizer is small (shapes.py) and the model's vocabulary the real one: a hook on
+    the head masks the logits of ids the tokenizer lacks, so answers decode to text (the capability
+    cost scores them). Returns the tokenizer's vocabulary size."""
+    known = len(chat_model.tokenizer)
+    if known < chat_model.model.config.vocab_size:
+        def mask(_module, _args, logits):
+            logits[..., known:] = float("-inf")
+            return logits
+
+        chat_model.model.get_output_embeddings().register_forward_hook(mask)
+    return known
+
+
+def synthetic_prompts(chat_model, n: int, n_tokens: int, seed: int, tag: str) -> list[str]:
+    """``n`` different instructions of about ``n_tokens`` chat-formatted tokens."""
+    from benchmarks.shapes import WORDS
+
+    rng = random.Random(seed)
+    template = len(chat_model._encode(chat_model.format_prompts(["x"])[0])) - 1
+    per_word = max(1.0, len(chat_model.tokenizer.encode(" ".join(WORDS), add_special_tokens=False)) / len(WORDS))
+    words = max(1, int((n_tokens - template) / per_word) - 2)
+    return [f"{tag} {i} " + " ".join(rng.choice(WORDS) for _ in range(words)) for i in range(n)]
+
+
+# --- cases -----------------------------------------------------------------------------------
+def generation_case(chat, saes, features, args, device, log) -> dict:
+    from refusal_lens.batching import forget_sizes, known_size
+    from refusal_lens.generation import generate
+    from refusal_lens.interventions import FeatureIntervention
+    from refusal_lens.models.batches import batch_key, longest_prompt
+
+    prompts = synthetic_prompts(chat, args.gen_prompts, args.tokens, 0, "gen")
+    edit = [FeatureIntervention(saes, features)]
+    counter = RowCounter(chat)
+
+    def run(batch_size, interventions) -> dict:
+        counter.reset()
+        reset_peak(device)
+        wall = timed(lambda: generate(chat, prompts, max_new_tokens=args.new_tokens, batch_size=batch_size,
+                                      interventions=interventions), device)
+        return {"batch_size": batch_size, "wall_s": wall, "new_tokens": counter.rows, "forward_calls": counter.calls,
+                "tokens_per_s": counter.rows / wall, "peak_gib": peak_gib(device)}
+
+    try:
+        generate(chat, prompts[:4], max_new_tokens=2, batch_size=4, interventions=edit)  # warm-up
+        forget_sizes()
+        out = {"prompts": len(prompts), "new_tokens_each": args.new_tokens, "features": len(features)}
+        out["batch32_edited"] = run(32, edit)
+        out["auto_first_call_edited"] = run(None, edit)  # measures the size, then uses it
+        size = known_size(batch_key(chat, "generate", longest_prompt(chat, prompts, args.new_tokens)))
+        out["auto_batch_size"] = size
+        out["auto_edited"] = run(None, edit)
+        out["auto_plain"] = run(size, [])
+    finally:
+        counter.handle.remove()
+    out["auto_vs_batch32"] = out["auto_edited"]["tokens_per_s"] / out["batch32_edited"]["tokens_per_s"]
+    out["edited_vs_plain_at_auto"] = out["auto_edited"]["tokens_per_s"] / out["auto_plain"]["tokens_per_s"]
+    log(f"generation: batch 32 {out['batch32_edited']['tokens_per_s']:.0f} tok/s, automatic batch {size} "
+        f"{out['auto_edited']['tokens_per_s']:.0f} tok/s ({out['auto_vs_batch32']:.2f}x); plain at that batch "
+        f"{out['auto_plain']['tokens_per_s']:.0f} tok/s (edited {out['edited_vs_plain_at_auto']:.2f}x)")
+    return out
+
+
+def evaluation_methods(saes, n_layers: int, d_sae: int, direction, gen: torch.Generator) -> dict:
+    """The evaluation stage's 8 methods, with feature sets of the sizes its methods have."""
+    from refusal_lens.interventions import DirectionalAblation, FeatureIntervention
+
+    def random_set(size: int) -> list[tuple[int, int]]:
+        layers = torch.randint(n_layers, (size,), generator=gen).tolist()
+        return sorted({(L, int(torch.randint(d_sae, (1,), generator=gen))) for L in layers})
+
+    minimal = random_set(20)
+    sizes = {"minimal_shared": minimal, "minimal_shared_union": minimal + random_set(10),
+             "interaction": minimal + random_set(100), "interaction_only": random_set(100),
+             "random_1": random_set(20), "random_2": random_set(20)}
+    methods = {"none": [], "directional_ablation": [DirectionalAblation(direction)]}
+    methods.update({name: [FeatureIntervention(saes, features)] for name, features in sizes.items()})
+    return methods
+
+
+def evaluation_case(chat, saes, shape, args, device, log, gen) -> dict:
+    from refusal_lens.batching import forget_sizes
+    from refusal_lens.capability import capability_report
+    from refusal_lens.data.prompts import Prompt
+    from refusal_lens.evaluate import evaluate_prompts
+    from refusal_lens.judges import get_judge
+
+    texts = synthetic_prompts(chat, args.eval_prompts, args.tokens, 1, "eval")
+    prompts = [Prompt(f"eval:{i}", t, "eval") for i, t in enumerate(texts)]
+    harmless = synthetic_prompts(chat, args.capability_prompts, args.tokens, 2, "harmless")
+    methods = evaluation_methods(saes, shape.n_layers, shape.sae_width, torch.randn(shape.d_model, generator=gen), gen)
+    judge = get_judge("substring")
+    out = {"methods": len(methods), "prompts": len(prompts), "capability_prompts": len(harmless),
+           "new_tokens_each": args.new_tokens}
+    for label, batch_size in (("batch32", 32), ("auto", None)):
+        forget_sizes()
+        per_method = {}
+        started = time.perf_counter()
+        for name, interventions in methods.items():
+            per_method[name] = timed(lambda: evaluate_prompts(chat, prompts, judge, interventions=interventions,
+                                                              max_new_tokens=args.new_tokens, batch_size=batch_size),
+                                     device)
+        capability = timed(lambda: capability_report(chat, harmless, {n: i for n, i in methods.items() if i},
+                                                     max_new_tokens=args.new_tokens, batch_size=batch_size), device)
+        out[label] = {"wall_s": time.perf_counter() - started, "per_method_s": per_method, "capability_s": capability}
+        log(f"evaluation ({label}): {out[label]['wall_s']:.1f}s for {len(methods)} methods x {len(prompts)} prompts "
+            f"+ capability cost ({capability:.1f}s)")
+    out["auto_vs_batch32"] = out["batch32"]["wall_s"] / out["auto"]["wall_s"]
+    return out
+
+
+@contextmanager
+def forced_refusal(chat, decisions: str, seed: int = 0):
+    """What random weights cannot give, forced (module doc): refusal tokens, the search's decisions."""
+    from refusal_lens.pipeline import search
+
+    vocabulary = min(len(chat.tokenizer), chat.model.config.vocab_size)
+    saved_ids = chat.__dict__.get("refusal_token_ids")
+    chat.__dict__["refusal_token_ids"] = list(range(0, vocabulary, 2))
+    rng = random.Random(seed)
+    original_call, original_accepts = search.SetEvaluator.__call__, search._accepts
+
+    def first_step_flips(self, pairs):
+        scores, probs = original_call(self, pairs)
+        if self.universe is not None and not getattr(self, "_forced_first_step", False):  # the search's own
+            self._forced_first_step = True
+            scores = -scores.abs() - 1.0
+            probs = torch.sigmoid(scores)
+        return scores, probs
+
+    def decided(track, result, tau):
+        accept = {"accept": True, "reject": False}.get(decisions)
+        return (rng.random() < 0.5 if accept is None else accept), track.p_refusal
+
+    search.SetEvaluator.__call__, search._accepts = first_step_flips, decided
+    try:
+        yield {"refusal_tokens": f"every other token id of {vocabulary} (half the vocabulary)",
+               "search_first_step": "every prompt counted as flipped by ablating all candidates",
+               "search_tests": {"coin": "accepted on a seeded coin toss", "reject": "every test rejected (worst case)",
+                                "accept": "every test accepted (best case)"}[decisions]}
+    finally:
+        search.SetEvaluator.__call__, search._accepts = original_call, original_accepts
+        if saved_ids is None:
+            chat.__dict__.pop("refusal_token_ids", None)
+        else:
+            chat.__dict__["refusal_token_ids"] = saved_ids
+
+
+def pipeline_case(chat, saes, args, device, log, out_dir: Path | None) -> dict:
+    from refusal_lens.artifacts import read_json
+    from refusal_lens.pipeline.config import RunConfig
+    from refusal_lens.pipeline.run import run_pipeline
+
+    work = Path(tempfile.mkdtemp(prefix="scale-pipeline-", dir=out_dir))
+    # every split is a hash-chosen 60 / 20 / 20 % of a file: enough prompts for the largest asked of each
+    n_files = int(1.4 * max(args.train_prompts / 0.6, args.eval_prompts / 0.2, args.fm_prompts / 0.6,
+                            args.capability_prompts / 0.2, 16 / 0.2)) + 20
+    (work / "harmful.txt").write_text("\n".join(synthetic_prompts(chat, n_files, args.tokens, 3, "harmful")))
+    (work / "harmless.txt").write_text("\n".join(synthetic_prompts(chat, n_files, args.tokens, 4, "harmless")))
+    config = RunConfig.model_validate({
+        "model": {"name": chat.name}, "saes": {"source": "random JumpReLU SAEs, every layer"},
+        "data": {"harmful": [str(work / "harmful.txt")], "harmless": [str(work / "harmless.txt")],
+                 "n_train": args.train_prompts, "n_search": args.search_prompts, "n_eval": args.eval_prompts,
+                 "n_fm": args.fm_prompts, "n_capability": args.capability_prompts, "filter_by_score": False},
+        "candidates": {"top_k": args.top_k},
+        "search": {"seeds": list(range(args.seeds))},
+        "evaluation": {"max_new_tokens": args.new_tokens},
+    })
+    started = time.perf_counter()
+    reset_peak(device)
+    with forced_refusal(chat, args.search_decisions) as forced:
+        results = run_pipeline(config, work / "run", chat_model=chat, saes=saes)
+    wall = time.perf_counter() - started
+    saved = read_json(work / "run" / "results.json")
+    stages = {name: cost["wall_time_s"] for name, cost in saved["cost"].items()}
+    search = results["search"]
+    out = {"forced": forced, "wall_s": wall, "stages_s": stages, "peak_gib": peak_gib(device),
+           "search_prompts": len(results["prompt_sets"].harmful_search), "eval_prompts": args.eval_prompts,
+           "candidates": len(results["candidates"].features), "search_tracks": len(search.tracks),
+           "search_forward_passes": search.greedy_loop.forward_passes, "search_rows": search.greedy_loop.rows,
+           "config": config.model_dump(mode="json")}
+    log("pipeline: " + ", ".join(f"{name} {s:.0f}s" for name, s in stages.items()) + f"; {wall / 60:.1f} min in all")
+    return out
+
+
+# --- report ------------------------------------------------------------------------------------
+def table(results: dict) -> str:
+    lines = [f"{'shape':<11} {'case':<58} {'result':>34}  goal"]
+    for r in results["shapes"]:
+        s = r["shape"]
+        if "generation" in r:
+            g = r["generation"]
+            case = f"generation, edited: batch 32 -> automatic {g['auto_batch_size']}"
+            lines.append(f"{s:<11} {case:<58} "
+                         f"{g['batch32_edited']['tokens_per_s']:>9.0f} -> {g['auto_edited']['tokens_per_s']:.0f} tok/s "
+                         f"({g['auto_vs_batch32']:.2f}x)  >= {GEN_GOAL}x (Gemma)")
+            lines.append(f"{s:<11} {'  edited vs plain at the automatic batch':<58} "
+                         f"{g['edited_vs_plain_at_auto']:>34.2f}  >= {EDIT_GOAL}")
+        if "evaluation" in r:
+            e = r["evaluation"]
+            case = f"evaluation, {e['methods']} methods x {e['prompts']} prompts"
+            lines.append(f"{s:<11} {case:<58} "
+                         f"{e['batch32']['wall_s']:>9.0f}s -> {e['auto']['wall_s']:.0f}s ({e['auto_vs_batch32']:.2f}x)"
+                         "  (report)")
+        if "pipeline" in r:
+            p = r["pipeline"]
+            case = f"whole pipeline, {p['search_prompts']} search / {p['eval_prompts']} eval prompts"
+            lines.append(f"{s:<11} {case:<58} "
+                         f"{p['wall_s'] / 60:>30.1f} min  <= 15 min (Llama)")
+            for name, seconds in p["stages_s"].items():
+                lines.append(f"{'':<11} {'  ' + name:<58} {seconds:>33.0f}s")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="gemma2-2b,llama31-8b")
+    p.add_argument("--cases", default="generation,evaluation,pipeline")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--sae-backend", choices=("auto", "sae_lens", "shim"), default="auto")
+    p.add_argument("--tokens", type=int, default=64, help="prompt length")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--features-per-layer", type=int, default=50)
+    p.add_argument("--target-l0", type=float, default=64)
+    p.add_argument("--gen-prompts", type=int, default=1024)
+    p.add_argument("--eval-prompts", type=int, default=256)
+    p.add_argument("--capability-prompts", type=int, default=32)
+    p.add_argument("--search-prompts", type=int, default=100)
+    p.add_argument("--train-prompts", type=int, default=256, help="data.n_train (the search takes refused ones)")
+    p.add_argument("--fm-prompts", type=int, default=128)
+    p.add_argument("--top-k", type=int, default=20, help="candidates.top_k (per SAE layer)")
+    p.add_argument("--seeds", type=int, default=3, help="search seeds")
+    p.add_argument("--search-decisions", choices=("coin", "reject", "accept"), default="coin")
+    p.add_argument("--out", default=None, help="folder for the JSON (default: $OUT if set)")
+    args = p.parse_args(argv)
+    args.cases = args.cases.split(",")
+    return args
+
+
+def run_shape(shape, args, device: torch.device, dtype: torch.dtype, out_dir: Path | None, result: dict,
+              save: Callable[[], None]) -> None:
+    from benchmarks.run import random_features
+    from benchmarks.saes import build_sae_set
+    from benchmarks.shapes import build_model
+
+    result.update(shape=shape.name, config=shape.config, sae=shape.sae_label)
+    started = time.perf_counter()
+    log = lambda msg: print(f"[{shape.name} {time.perf_counter() - started:5.0f}s] {msg}", flush=True)  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    chat = build_model(shape, str(device), dtype)
+    result["tokenizer_vocabulary"] = mask_unknown_tokens(chat)
+    calibration = chat.tokenize(synthetic_prompts(chat, 64, args.tokens, 9, "calibration"))
+    saes = build_sae_set(chat, shape.sae_width, calibration, target_l0=args.target_l0)
+    if device.type == "cuda":
+        result["memory_gib"] = {"model_and_saes": torch.cuda.memory_allocated(device) / GiB,
+                                "total": torch.cuda.get_device_properties(device).total_memory / GiB}
+    log("model and SAEs built")
+    features = random_features(shape.n_layers, shape.sae_width, args.features_per_layer, gen)
+    if "generation" in args.cases:
+        result["generation"] = generation_case(chat, saes, features, args, device, log)
+        save()
+    if "evaluation" in args.cases:
+        result["evaluation"] = evaluation_case(chat, saes, shape, args, device, log, gen)
+        save()
+    if "pipeline" in args.cases:
+        result["pipeline"] = pipeline_case(chat, saes, args, device, log, out_dir)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    choose_sae_backend(args.sae_backend)
+    from benchmarks.shapes import SHAPES
+
+    os.environ.setdefault("REFUSAL_LENS_PROGRESS", "0")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    out = args.out or os.environ.get("OUT")
+    out_dir = Path(out) if out else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    results = {"environment": environment(device), "dtype": str(dtype).removeprefix("torch."),
+               "args": vars(args), "shapes": []}
+
+    def save() -> None:  # after each case, so a run cut short keeps what it measured
+        if out_dir is not None:
+            (out_dir / "scale.json").write_text(json.dumps(results, indent=1))
+
+    print(json.dumps(results["environment"]), flush=True)
+    for name in args.shapes.split(","):
+        results["shapes"].append({})
+        run_shape(SHAPES[name], args, device, dtype, out_dir, results["shapes"][-1], save)
+        save()
+    print(table(results), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
