@@ -35,6 +35,7 @@ from refusal_lens.data.errors import DataError
 from refusal_lens.generation import generate
 from refusal_lens.interventions import intervene
 from refusal_lens.models.batches import longest_prompt, run_batched
+from refusal_lens.progress import UNSIZED_BATCH
 from refusal_lens.scoring import last_position_logits, next_token_kl
 from refusal_lens.stats import mcnemar, mean_with_interval, rate_with_interval
 
@@ -143,20 +144,22 @@ class NextTokenShift:
                 "n_prompts": len(self.kl), "per_prompt_kl": list(self.kl)}
 
 
-def base_last_logits(chat_model: Any, instructions: Sequence[str], batch_size: int) -> list[torch.Tensor]:
+def base_last_logits(chat_model: Any, instructions: Sequence[str], batch_size: int | None) -> list[torch.Tensor]:
     """The unmodified model's last-position logits, one tensor per batch of ``batch_size`` prompts."""
+    batch_size = batch_size or UNSIZED_BATCH
     return [last_position_logits(chat_model, instructions[start:start + batch_size]).float().cpu()
             for start in range(0, len(instructions), batch_size)]
 
 
 def next_token_shift(chat_model: Any, instructions: Sequence[str], base: Sequence[torch.Tensor], *,
-                     interventions: Sequence[Any] = (), batch_size: int = 8) -> NextTokenShift:
+                     interventions: Sequence[Any] = (), batch_size: int | None = 8) -> NextTokenShift:
     """How ``interventions`` move the next-token distribution of ``instructions`` away from
     ``base`` (``base_last_logits`` with the same ``batch_size``)."""
     if not instructions:
         raise ValueError("no prompts to measure the next-token distribution on")
     kl: list[float] = []
     same: list[bool] = []
+    batch_size = batch_size or UNSIZED_BATCH
     for start, reference in zip(range(0, len(instructions), batch_size), base):
         edited = last_position_logits(chat_model, instructions[start:start + batch_size], interventions).float().cpu()
         kl += next_token_kl(reference, edited).clamp(min=0).tolist()

@@ -24,8 +24,13 @@ def make_progress() -> Progress:
                     console=Console(stderr=True), disable=not progress_enabled())
 
 
-def batches(items: Sequence[T], size: int, description: str | None = None) -> Iterator[list[T]]:
-    """Consecutive chunks of ``items``; with a description, a progress bar over items."""
+UNSIZED_BATCH = 16  # a batch size left unset (None) by a caller not yet sized to the device: today's default
+
+
+def batches(items: Sequence[T], size: int | None, description: str | None = None) -> Iterator[list[T]]:
+    """Consecutive chunks of ``items`` (``size`` None: ``UNSIZED_BATCH``); with a description, a
+    progress bar over items."""
+    size = UNSIZED_BATCH if size is None else size
     if size < 1:
         raise ValueError(f"batch size must be at least 1, got {size}")
     items = list(items)

@@ -22,6 +22,7 @@ from refusal_lens.progress import batches
 from refusal_lens.saes import SAESet
 
 DEFAULT_K = 20
+READ_BATCH = 8  # prompts read at a time when no batch size is given (not sized to the device yet)
 
 
 def cossim_ap_features(scores: FeatureScores, candidates: Iterable[Sequence], k: int = DEFAULT_K,
@@ -46,7 +47,7 @@ def cosine_features(candidates: Iterable[Sequence], k: int = DEFAULT_K) -> list[
 
 def activation_difference_features(chat_model: ChatModel, saes: SAESet, harmful: Sequence[str],
                                    harmless: Sequence[str], *, layers: Sequence[int] | None = None,
-                                   k: int = DEFAULT_K, batch_size: int = 8,
+                                   k: int = DEFAULT_K, batch_size: int | None = None,
                                    skip_prefix: bool = True) -> list[ScoredFeature]:
     """Top ``k`` by mean activation on ``harmful`` minus mean activation on ``harmless``.
 
@@ -64,12 +65,12 @@ def activation_difference_features(chat_model: ChatModel, saes: SAESet, harmful:
 
 
 def mean_activations(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], layers: Sequence[int],
-                     batch_size: int = 8, skip_prefix: bool = True) -> dict[tuple[int, int], float]:
+                     batch_size: int | None = None, skip_prefix: bool = True) -> dict[tuple[int, int], float]:
     """``{(layer, feature): mean over prompts of the mean over positions}`` for every feature
     active somewhere on ``instructions``, read with ``read_features`` a batch at a time."""
     skipped = chat_model.n_pre_instruction_tokens if skip_prefix else 0
     codes, sums = [], []
-    for chunk in batches(list(instructions), batch_size):
+    for chunk in batches(list(instructions), batch_size or READ_BATCH):
         read = read_features(chat_model, saes, chunk, all_active=layers)
         lengths = read.mask.sum(1, keepdim=True)
         from_right = read.mask.shape[1] - torch.arange(read.mask.shape[1])
@@ -85,7 +86,7 @@ def mean_activations(chat_model: ChatModel, saes: SAESet, instructions: Sequence
 
 
 def firing_means(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], features: Sequence[Sequence],
-                 batch_size: int = 8, skip_prefix: bool = True,
+                 batch_size: int | None = None, skip_prefix: bool = True,
                  interventions: Sequence[Intervention] = ()) -> dict[tuple[int, int], float | None]:
     """Each feature's mean activation over the positions where it fires (> 0) on
     ``instructions`` (skipping what the template writes before the instruction; under
@@ -95,7 +96,7 @@ def firing_means(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str
     skipped = chat_model.n_pre_instruction_tokens if skip_prefix else 0
     totals = torch.zeros(len(keys), dtype=torch.float64)
     counts = torch.zeros(len(keys), dtype=torch.float64)
-    for chunk in batches(list(instructions), batch_size):
+    for chunk in batches(list(instructions), batch_size or READ_BATCH):
         read = read_features(chat_model, saes, chunk, keys, interventions=interventions)
         lengths = read.mask.sum(1, keepdim=True)
         from_right = read.mask.shape[1] - torch.arange(read.mask.shape[1])

@@ -79,12 +79,17 @@ def run_command(out: OutOpt = Path("runs/latest"), config: ConfigOpt = None, mod
                 saes: SaesOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None,
                 device_map: DeviceMapOpt = None, seed: SeedOpt = None, n_search: NSearchOpt = None,
                 n_eval: NEvalOpt = None, top_k: TopKOpt = None, tau: TauOpt = None, judge: JudgeOpt = None,
-                thinking: ThinkingOpt = None) -> None:
-    """The whole refusal-feature search: prompts → direction → candidates → minimal sets → verification → dormant → interactions → evaluation → feature cards → harm categories → upstream harm features → jailbreaks → probes."""
+                thinking: ThinkingOpt = None,
+                until: Annotated[Optional[str], typer.Option(
+                    "--until", metavar="STAGE", help="stop after this stage (default: the last); "
+                                                     f"one of {', '.join(stages.NAMES)}")] = None) -> None:
+    """The whole pipeline: prompts → direction → candidates → attribution → minimal sets → verification → dormant → interactions → evaluation → feature cards → harm categories → upstream harm features → jailbreaks → probes."""
     overrides = _overrides(model, saes, device, dtype, device_map, seed, n_search, n_eval, top_k, tau, thinking)
     overrides["evaluation"] = {"judge": judge}
     run_config = _load_config(config, overrides)
-    print_headline(_run(run_config, out), out)
+    if until is not None:
+        stages.names_until(until)  # an unknown stage fails before anything loads
+    print_headline(_run(run_config, out, until=until), out)
 
 
 @friendly_errors
