@@ -24,6 +24,8 @@ one call each); ``atp`` and ``bound`` alternate for ``--reps`` rounds, medians r
 Peak GPU memory of each call is read too. The dense and the library IG results are
 compared entry by entry. ``--ig-core`` also times the library's gradient step alone
 (``integrated_gradient`` at every layer) on one batch, to show what the rest costs.
+``--profile`` adds torch.profiler tables (``$OUT/profile_attribution_<shape>.txt``) and times the
+library's ``decompose`` against its first, gather-based version on the same data.
 The table comes last; the JSON goes to ``$OUT/attribution.json`` (or ``--out``).
 """
 
@@ -169,6 +171,88 @@ def _totals(prompt: torch.Tensor, attribution: torch.Tensor, error: torch.Tensor
     return torch.zeros(error.shape[0], dtype=torch.float64).index_add_(0, prompt, attribution.double()) + error.sum(1)
 
 
+# --- the library's decomposition before this benchmark (for --profile's before/after) ----------------
+@torch.no_grad()
+def gather_decompose(sae, clean: torch.Tensor, patched: torch.Tensor, grad: torch.Tensor):
+    """``decompose`` as first written: ``d_i · ḡ`` by gathering each changed entry's decoder row
+    and gradient row (float32) and summing their product. Kept here to time against the
+    library's product form on the same data."""
+    from refusal_lens.attribution.decomposition import LayerChanges
+
+    work, chunk_elements = grad.dtype, 1 << 25
+    tokens, features, deltas = [], [], []
+    chunk = max(1, chunk_elements // sae.cfg.d_sae)
+    for start in range(0, clean.shape[0], chunk):
+        delta = sae.encode(patched[start:start + chunk]) - sae.encode(clean[start:start + chunk])
+        token, feature = delta.nonzero(as_tuple=True)
+        tokens.append(token + start)
+        features.append(feature)
+        deltas.append(delta[token, feature])
+    token, feature, delta = torch.cat(tokens), torch.cat(features), torch.cat(deltas).to(work)
+    projected = torch.empty_like(delta)
+    chunk = max(1, chunk_elements // grad.shape[-1])
+    for start in range(0, len(token), chunk):
+        stop = start + chunk
+        rows = sae.W_dec.detach().index_select(0, feature[start:stop]).to(work)
+        projected[start:stop] = (rows * grad.index_select(0, token[start:stop])).sum(-1)
+    attribution = delta * projected
+    total = ((patched.to(work) - clean.to(work)) * grad).sum(-1)
+    error = total - torch.zeros_like(total).index_add_(0, token, attribution)
+    return LayerChanges(token, feature, delta, attribution, error)
+
+
+def decompose_diagnostic(chat, saes, layers, batch, direction, device, reps: int = 3) -> dict:
+    """On attribution patching's data (one batch, every layer): seconds of the library's
+    ``decompose`` and of ``gather_decompose`` over all layers (median of ``reps``), and how far
+    apart their attributions are."""
+    from refusal_lens.attribution import jailbreak_tokens
+    from refusal_lens.attribution.decomposition import decompose
+    from refusal_lens.attribution.gradients import clean_point_gradients
+    from refusal_lens.attribution.metric import forward_capturing
+    from refusal_lens.interventions import DirectionalAblation
+
+    with torch.no_grad():
+        patched, logits = forward_capturing(chat, batch, layers, [DirectionalAblation(direction)])
+    tokens = jailbreak_tokens(logits, chat.refusal_token_ids)
+    clean, grads, _ = clean_point_gradients(chat, batch, layers, tokens, chat.refusal_token_ids[0])
+    real = batch["attention_mask"].bool()
+    data = {L: (clean[L][real], patched[L][real], grads[L][real]) for L in layers}
+    del clean, patched, grads
+    out = {}
+    for name, fn in (("product", decompose), ("gather", gather_decompose)):
+        seconds = []
+        for _ in range(reps):
+            synchronize(device)
+            start = time.perf_counter()
+            results = [fn(saes[L], *data[L]) for L in layers]
+            synchronize(device)
+            seconds.append(time.perf_counter() - start)
+        out[f"{name}_s"] = statistics.median(seconds)
+        out[f"{name}_attribution"] = torch.cat([r.attribution for r in results]).double()
+    a, b = out.pop("product_attribution"), out.pop("gather_attribution")
+    out["product_vs_gather_rel_err"] = float((a - b).norm() / b.norm())
+    out["entries"] = len(a)
+    return out
+
+
+def profile_tables(fns: dict[str, Callable[[], object]], device: torch.device) -> str:
+    """torch.profiler: one call of each function, the 25 costliest ops by device (or host) time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    tables = []
+    for name, fn in fns.items():
+        synchronize(device)
+        with profile(activities=activities) as prof:
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            wall = time.perf_counter() - start
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        tables.append(f"=== {name}: wall {wall * 1e3:.1f} ms\n" + prof.key_averages().table(sort_by=sort, row_limit=25))
+    return "\n\n".join(tables)
+
+
 # --- attribution patching's lower bound -------------------------------------------------------------
 def plain_forward(chat_model, inputs: dict) -> Callable[[], torch.Tensor]:
     def run():
@@ -227,7 +311,7 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object
     return seconds, out, peak / GiB, (peak - before) / GiB
 
 
-def run_shape(shape, args, device: torch.device, dtype: torch.dtype) -> dict:
+def run_shape(shape, args, device: torch.device, dtype: torch.dtype, out_dir: Path | None) -> dict:
     from transformers import BatchEncoding
 
     from benchmarks.saes import build_sae_set, mean_l0
@@ -341,6 +425,19 @@ def run_shape(shape, args, device: torch.device, dtype: torch.dtype) -> dict:
         log(f"ig core (integrated_gradient alone), one batch: {seconds:.2f}s, x{n_batches} = "
             f"{seconds * n_batches:.1f}s")
 
+    if args.profile:
+        first = BatchEncoding({k: v[:args.atp_batch] for k, v in full.items()})
+        res["decompose"] = decompose_diagnostic(chat, saes, layers, first, direction, device)
+        log(f"decompose, every layer, {args.atp_batch} prompts: {res['decompose']}")
+        few = prompts[:args.ig_batch]
+        text = profile_tables({
+            "atp": atp,
+            "ig, one batch": lambda: attribute(chat, saes, few, direction, layers=layers, steps=args.steps,
+                                               batch_size=args.ig_batch),
+            "bound": bound}, device)
+        if out_dir is not None:
+            (out_dir / f"profile_attribution_{shape.name}.txt").write_text(text)
+
     res["times_s"] = times
     res["median_s"] = {k: statistics.median(v) for k, v in times.items() if v}
     res["memory"] = mem
@@ -403,6 +500,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="rounds of atp vs its bound")
     p.add_argument("--skip-dense", action="store_true")
     p.add_argument("--ig-core", action="store_true", help="also time integrated_gradient alone on one batch")
+    p.add_argument("--profile", action="store_true",
+                   help="torch.profiler tables (atp, one IG batch, the bound) and the decompose before/after")
     p.add_argument("--out", default=None, help="folder for the JSON (default: $OUT if set)")
     args = p.parse_args(argv)
     args.layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
@@ -425,7 +524,7 @@ def main(argv=None) -> dict:
                "args": dict(vars(args)), "shapes": []}
     print(json.dumps(results["environment"]), flush=True)
     for name in args.shapes.split(","):
-        results["shapes"].append(run_shape(SHAPES[name], args, device, dtype))
+        results["shapes"].append(run_shape(SHAPES[name], args, device, dtype, out_dir))
         results["shapes"][-1]["goals"] = goals(results["shapes"][-1])
         if out_dir is not None:  # after each shape, so a run cut short keeps what it measured
             (out_dir / "attribution.json").write_text(json.dumps(results, indent=1))

@@ -91,7 +91,7 @@ def test_attribution_benchmark_runs_on_a_tiny_shape(tmp_path, capsys):
     torch.set_num_threads(1)
     try:
         results = bench.main(["--shapes", "tiny-llama", "--device", "cpu", "--prompts", "6", "--tokens", "20",
-                              "--steps", "3", "--ig-batch", "2", "--atp-batch", "3", "--reps", "2", "--ig-core",
+                              "--steps", "3", "--ig-batch", "2", "--atp-batch", "3", "--reps", "2", "--ig-core", "--profile",
                               "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
@@ -103,5 +103,7 @@ def test_attribution_benchmark_runs_on_a_tiny_shape(tmp_path, capsys):
     assert worst["attribution_rel_err"] < 1e-4 and worst["error_rel_err"] < 1e-4 and worst["total_rel_err"] < 1e-4
     assert shape["entries_per_layer"] > 0 and shape["ig_core"]["batches"] == 3
     assert set(shape["goals"]) == {"atp_over_bound", "dense_over_ig"}
+    assert shape["decompose"]["product_vs_gather_rel_err"] < 1e-5 and shape["decompose"]["entries"] > 0
+    assert "=== atp" in (tmp_path / "profile_attribution_tiny-llama.txt").read_text()
     table = capsys.readouterr().out.strip().splitlines()
     assert table[-1].startswith("tiny-llama") and "dense vs ours" in table[-1]
