@@ -17,10 +17,13 @@ layer, as ``benchmarks/run.py`` does, and times, in one process, over every laye
   atp     ``attribute(method="atp")``: the gradient at the clean point at every layer from one
           backward pass
   bound   attribution patching's lower bound on the same rows: one plain forward (no grad)
-          plus one plain forward-backward (gradient at the embedding output, weights frozen)
+          plus one plain forward-backward (gradient at the embedding output, weights frozen),
+          as transformers runs them (``bound``) and with the output head reading a contiguous
+          input (``bound_head``: ``contiguous_head_input``, which the library's passes use; the
+          plain call re-reads the head weight once per row, see that function)
 
 Each method runs once over all prompts and layers after a warm-up (the IG runs are long:
-one call each); ``atp`` and ``bound`` alternate for ``--reps`` rounds, medians reported.
+one call each); ``atp`` and the bounds alternate for ``--reps`` rounds, medians reported.
 Peak GPU memory of each call is read too. The dense and the library IG results are
 compared entry by entry. ``--ig-core`` also times the library's gradient step alone
 (``integrated_gradient`` at every layer) on one batch, to show what the rest costs.
@@ -74,7 +77,7 @@ def dense_integrated_gradients(chat_model, saes, instructions: Sequence[str], di
     from refusal_lens.activations import model_inputs
     from refusal_lens.attribution import interpolation_points, jailbreak_tokens, metric_from_logits
     from refusal_lens.attribution.gradients import weights_frozen
-    from refusal_lens.attribution.metric import forward_capturing
+    from refusal_lens.attribution.metric import contiguous_head_input, forward_capturing
     from refusal_lens.hooks import add_output_edit, hooks_removed_on_exit
     from refusal_lens.interventions import DirectionalAblation
 
@@ -106,7 +109,8 @@ def dense_integrated_gradients(chat_model, saes, instructions: Sequence[str], di
             f.requires_grad_(True)
             e.requires_grad_(True)
             handles = []
-            with weights_frozen(chat_model.model), torch.enable_grad(), hooks_removed_on_exit(handles):
+            with (weights_frozen(chat_model.model), torch.enable_grad(), hooks_removed_on_exit(handles),
+                  contiguous_head_input(chat_model)):  # the library's head fix, so only the method differs
                 handles.append(add_output_edit(chat_model.layers[L], lambda _h: sae.decode(f) + e))
                 logits = chat_model.model(**repeated, use_cache=False, logits_to_keep=1).logits[:, -1]
                 metric = metric_from_logits(logits, jailbreak.repeat_interleave(steps, 0), refusal)
@@ -254,14 +258,23 @@ def profile_tables(fns: dict[str, Callable[[], object]], device: torch.device) -
 
 
 # --- attribution patching's lower bound -------------------------------------------------------------
-def plain_forward(chat_model, inputs: dict) -> Callable[[], torch.Tensor]:
+def head_mode(chat_model, head_fix: bool):
+    from contextlib import nullcontext
+
+    from refusal_lens.attribution.metric import contiguous_head_input
+
+    return contiguous_head_input(chat_model) if head_fix else nullcontext()
+
+
+def plain_forward(chat_model, inputs: dict, head_fix: bool = False) -> Callable[[], torch.Tensor]:
     def run():
-        with torch.no_grad():
+        with torch.no_grad(), head_mode(chat_model, head_fix):
             return chat_model.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1]
     return run
 
 
-def plain_forward_backward(chat_model, inputs: dict, target: torch.Tensor, other: int) -> Callable[[], torch.Tensor]:
+def plain_forward_backward(chat_model, inputs: dict, target: torch.Tensor, other: int,
+                           head_fix: bool = False) -> Callable[[], torch.Tensor]:
     """One forward and one backward: ``∂(logit[target] - logit[other])/∂(embedding output)``,
     no weight gradients: the least work that yields a gradient at every layer."""
     from refusal_lens.attribution import metric_from_logits
@@ -276,7 +289,8 @@ def plain_forward_backward(chat_model, inputs: dict, target: torch.Tensor, other
             return leaves[-1]
 
         handles = []
-        with weights_frozen(chat_model.model), torch.enable_grad(), hooks_removed_on_exit(handles):
+        with (weights_frozen(chat_model.model), torch.enable_grad(), hooks_removed_on_exit(handles),
+              head_mode(chat_model, head_fix)):
             handles.append(chat_model.model.get_input_embeddings().register_forward_hook(as_leaf))
             logits = chat_model.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1]
             metric = metric_from_logits(logits, target, other)
@@ -363,13 +377,15 @@ def run_shape(shape, args, device: torch.device, dtype: torch.dtype, out_dir: Pa
     refusal = chat.refusal_token_ids[0]
     with torch.no_grad():
         targets = [jailbreak_tokens(plain_forward(chat, x)(), [refusal]) for x in atp_inputs]
-    forwards = [plain_forward(chat, x) for x in atp_inputs]
-    backwards = [plain_forward_backward(chat, x, t, refusal) for x, t in zip(atp_inputs, targets)]
+    def bound_fn(head_fix: bool):
+        forwards = [plain_forward(chat, x, head_fix) for x in atp_inputs]
+        backwards = [plain_forward_backward(chat, x, t, refusal, head_fix) for x, t in zip(atp_inputs, targets)]
 
-    def bound():
-        out = [fwd() for fwd in forwards]
-        out += [bwd() for bwd in backwards]
-        return out
+        def run():
+            return [fwd() for fwd in forwards] + [bwd() for bwd in backwards]
+        return run
+
+    bound, bound_head = bound_fn(False), bound_fn(True)
 
     # warm-up: every code path once, on one batch and two layers
     few, two = prompts[:args.ig_batch], [layers[0], layers[-1]]
@@ -377,10 +393,11 @@ def run_shape(shape, args, device: torch.device, dtype: torch.dtype, out_dir: Pa
     dense_integrated_gradients(chat, saes, few, direction, layers=two, steps=args.steps, batch_size=args.ig_batch)
     atp()
     bound()
+    bound_head()
     synchronize(device)
     log("warm-up done")
 
-    times: dict[str, list[float]] = {"ig": [], "dense": [], "atp": [], "bound": []}
+    times: dict[str, list[float]] = {"ig": [], "dense": [], "atp": [], "bound": [], "bound_head": []}
     for name, fn in (("ig", ig), ("dense", dense)):
         if name == "dense" and args.skip_dense:
             continue
@@ -390,12 +407,12 @@ def run_shape(shape, args, device: torch.device, dtype: torch.dtype, out_dir: Pa
         res[f"{name}_result"] = out
         log(f"{name}: {seconds:.1f}s" + (f", peak {peak:.1f} GiB" if peak is not None else ""))
     for _ in range(args.reps):
-        for name, fn in (("atp", atp), ("bound", bound)):
+        for name, fn in (("atp", atp), ("bound", bound), ("bound_head", bound_head)):
             seconds, out, peak, above = timed(fn, device)
             times[name].append(seconds)
             mem[f"peak_{name}_gib"], mem[f"peak_{name}_above_model_and_saes_gib"] = peak, above
-    log(f"atp {statistics.median(times['atp']):.2f}s, bound {statistics.median(times['bound']):.2f}s "
-        f"(medians of {args.reps})")
+    log(f"atp {statistics.median(times['atp']):.3f}s, bound {statistics.median(times['bound']):.3f}s, "
+        f"bound_head {statistics.median(times['bound_head']):.3f}s (medians of {args.reps})")
 
     ig_result = res.pop("ig_result")
     dense_result = res.pop("dense_result", None)
@@ -434,7 +451,7 @@ def run_shape(shape, args, device: torch.device, dtype: torch.dtype, out_dir: Pa
             "atp": atp,
             "ig, one batch": lambda: attribute(chat, saes, few, direction, layers=layers, steps=args.steps,
                                                batch_size=args.ig_batch),
-            "bound": bound}, device)
+            "bound": bound, "bound_head": bound_head}, device)
         if out_dir is not None:
             (out_dir / f"profile_attribution_{shape.name}.txt").write_text(text)
 
@@ -450,7 +467,7 @@ def run_shape(shape, args, device: torch.device, dtype: torch.dtype, out_dir: Pa
 # --- report -----------------------------------------------------------------------------------------
 def goals(r: dict) -> dict:
     m = r["median_s"]
-    out = {"atp_over_bound": m["atp"] / m["bound"]}
+    out = {"atp_over_bound": m["atp"] / m["bound"], "atp_over_bound_head": m["atp"] / m["bound_head"]}
     if "dense" in m:
         out["dense_over_ig"] = m["dense"] / m["ig"]
     return out
@@ -474,9 +491,13 @@ def table(results: dict) -> str:
             lines.append(f"{s:<11} {'dense per-layer IG, same':<44} {m['dense']:>8.1f}s {peak('dense'):>10}  "
                          f"dense/ours {g['dense_over_ig']:.2f}x (>= 5 {ok})")
         ok = "met" if g["atp_over_bound"] <= 1.25 else "MISSED"
-        lines.append(f"{s:<11} {'attribution patching, ' + n:<44} {m['atp']:>8.2f}s {peak('atp'):>10}  "
-                     f"atp/bound {g['atp_over_bound']:.2f}x (<= 1.25 {ok})")
-        lines.append(f"{s:<11} {'  bound: plain fwd + plain fwd-bwd':<44} {m['bound']:>8.2f}s {peak('bound'):>10}")
+        ok_head = "met" if g["atp_over_bound_head"] <= 1.25 else "MISSED"
+        lines.append(f"{s:<11} {'attribution patching, ' + n:<44} {m['atp']:>8.3f}s {peak('atp'):>10}  "
+                     f"atp/bound {g['atp_over_bound']:.2f}x (<= 1.25 {ok}); "
+                     f"atp/bound_head {g['atp_over_bound_head']:.2f}x ({ok_head})")
+        lines.append(f"{s:<11} {'  bound: plain fwd + plain fwd-bwd':<44} {m['bound']:>8.3f}s {peak('bound'):>10}")
+        lines.append(f"{s:<11} {'  bound_head: same, head input contiguous':<44} {m['bound_head']:>8.3f}s "
+                     f"{peak('bound_head'):>10}")
         if "agreement" in r:
             w = r["agreement"]["worst"]
             lines.append(f"{s:<11} dense vs ours, worst layer: attribution rel err {w['attribution_rel_err']:.1e}, "

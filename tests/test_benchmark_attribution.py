@@ -67,6 +67,7 @@ def test_plain_forward_backward_reads_the_gradient_at_the_embeddings(llama64):
     inputs = model_inputs(batch)
     target = torch.tensor([5, 7])
     grad = bench.plain_forward_backward(llama64, inputs, target, 3)()
+    torch.testing.assert_close(bench.plain_forward_backward(llama64, inputs, target, 3, head_fix=True)(), grad)
     embeddings = llama64.model.get_input_embeddings().weight
     token = int(batch["input_ids"][1, -2])
 
@@ -98,11 +99,11 @@ def test_attribution_benchmark_runs_on_a_tiny_shape(tmp_path, capsys):
     saved = json.loads((tmp_path / "attribution.json").read_text())
     shape = results["shapes"][0]
     assert saved["shapes"][0]["shape"] == "tiny-llama" and shape["layers"] == [0, 1, 2]
-    assert set(shape["median_s"]) == {"ig", "dense", "atp", "bound"} and len(shape["times_s"]["atp"]) == 2
+    assert set(shape["median_s"]) == {"ig", "dense", "atp", "bound", "bound_head"} and len(shape["times_s"]["atp"]) == 2
     worst = shape["agreement"]["worst"]                      # float32 on the CPU
     assert worst["attribution_rel_err"] < 1e-4 and worst["error_rel_err"] < 1e-4 and worst["total_rel_err"] < 1e-4
     assert shape["entries_per_layer"] > 0 and shape["ig_core"]["batches"] == 3
-    assert set(shape["goals"]) == {"atp_over_bound", "dense_over_ig"}
+    assert set(shape["goals"]) == {"atp_over_bound", "atp_over_bound_head", "dense_over_ig"}
     assert shape["decompose"]["product_vs_gather_rel_err"] < 1e-5 and shape["decompose"]["entries"] > 0
     assert "=== atp" in (tmp_path / "profile_attribution_tiny-llama.txt").read_text()
     table = capsys.readouterr().out.strip().splitlines()

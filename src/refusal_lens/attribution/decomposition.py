@@ -17,7 +17,10 @@ from sae_lens import SAE
 from refusal_lens.saes.slices import SUPPORTED_ARCHITECTURES
 
 AFFINE_NORMALIZATIONS = ("none", "expected_average_only_in")  # sae_lens runs neither at run time
-CHUNK_ELEMENTS = 1 << 25  # largest temporary (tokens × d_sae) built at once
+CHUNK_ELEMENTS_CPU = 1 << 25  # largest temporary (tokens × d_sae) built at once
+# on an accelerator each chunk ends in a wait for the device (the count of changed entries):
+# larger chunks, so that a layer of a 100 × 64-token batch takes one or two
+CHUNK_ELEMENTS_ACCELERATOR = 1 << 27
 
 
 def check_sae(sae: SAE, layer: int) -> None:
@@ -72,7 +75,8 @@ def decompose(sae: SAE, clean: torch.Tensor, patched: torch.Tensor, grad: torch.
     """
     work, device = grad.dtype, sae.W_dec.device
     decoder, scale = sae.W_dec.detach(), decoder_scale(sae)
-    chunk = max(1, CHUNK_ELEMENTS // sae.cfg.d_sae)
+    elements = CHUNK_ELEMENTS_CPU if device.type == "cpu" else CHUNK_ELEMENTS_ACCELERATOR
+    chunk = max(1, elements // sae.cfg.d_sae)
     tokens, features, deltas, projections = [], [], [], []
     for start in range(0, clean.shape[0], chunk):
         stop = start + chunk
