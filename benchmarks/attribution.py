@@ -50,9 +50,9 @@ for path in (ROOT / "src", ROOT):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-import torch  # noqa: E402
+import torch
 
-from benchmarks.run import GiB, choose_sae_backend, environment, synchronize  # noqa: E402
+from benchmarks.run import GiB, choose_sae_backend, environment, synchronize
 
 
 # --- the dense reference implementation ----------------------------------------------------------
@@ -111,7 +111,7 @@ def dense_integrated_gradients(chat_model, saes, instructions: Sequence[str], di
             handles = []
             with (weights_frozen(chat_model.model), torch.enable_grad(), hooks_removed_on_exit(handles),
                   contiguous_head_input(chat_model)):  # the library's head fix, so only the method differs
-                handles.append(add_output_edit(chat_model.layers[L], lambda _h: sae.decode(f) + e))
+                handles.append(add_output_edit(chat_model.layers[L], lambda _h, sae=sae, f=f, e=e: sae.decode(f) + e))
                 logits = chat_model.model(**repeated, use_cache=False, logits_to_keep=1).logits[:, -1]
                 metric = metric_from_logits(logits, jailbreak.repeat_interleave(steps, 0), refusal)
             grad_f, grad_e = torch.autograd.grad(metric.sum(), [f, e])
@@ -142,8 +142,8 @@ def compare(result, dense: dict[int, DenseLayer], d_sae: dict[int, int]) -> dict
         ours = result.layers[L]
         width = max(ours.error.shape[1], ref.error.shape[1])
 
-        def keys(e):
-            return (e.prompt.long() * width + (e.position.long() + width)) * d_sae[L] + e.feature.long()
+        def keys(e, width=width, d_sae=d_sae[L]):
+            return (e.prompt.long() * width + (e.position.long() + width)) * d_sae + e.feature.long()
 
         k_ours, k_ref = keys(ours), keys(ref)
         order_ours, order_ref = k_ours.argsort(), k_ref.argsort()
@@ -156,7 +156,7 @@ def compare(result, dense: dict[int, DenseLayer], d_sae: dict[int, int]) -> dict
         err_ref = torch.nn.functional.pad(ref.error, (width - ref.error.shape[1], 0)).double()
         unmatched = ref.attribution[order_ref][~in_ours].double()
         per_layer[L] = {
-            "entries_ours": int(len(k_ours)), "entries_dense": int(len(k_ref)),
+            "entries_ours": len(k_ours), "entries_dense": len(k_ref),
             "entries_only_ours": int((~in_ref).sum()), "entries_only_dense": int((~in_ours).sum()),
             "attribution_rel_err": float((a - b).norm() / b.norm().clamp_min(1e-30)),
             "unmatched_share_of_dense_norm": float(unmatched.norm() / ref.attribution.double().norm().clamp_min(1e-30)),
@@ -208,7 +208,8 @@ def gather_decompose(sae, clean: torch.Tensor, patched: torch.Tensor, grad: torc
 def decompose_diagnostic(chat, saes, layers, batch, direction, device, reps: int = 3) -> dict:
     """On attribution patching's data (one batch, every layer): seconds of the library's
     ``decompose`` and of ``gather_decompose`` over all layers (median of ``reps``), and how far
-    apart their attributions are."""
+    apart their attributions are where both found the entry (in bf16 the library's fused
+    JumpReLU encode can round a feature across its threshold that sae_lens's does not)."""
     from refusal_lens.attribution import jailbreak_tokens
     from refusal_lens.attribution.decomposition import decompose
     from refusal_lens.attribution.gradients import clean_point_gradients
@@ -232,10 +233,16 @@ def decompose_diagnostic(chat, saes, layers, batch, direction, device, reps: int
             synchronize(device)
             seconds.append(time.perf_counter() - start)
         out[f"{name}_s"] = statistics.median(seconds)
-        out[f"{name}_attribution"] = torch.cat([r.attribution for r in results]).double()
-    a, b = out.pop("product_attribution"), out.pop("gather_attribution")
-    out["product_vs_gather_rel_err"] = float((a - b).norm() / b.norm())
-    out["entries"] = len(a)
+        out[f"{name}_entries"] = {  # (layer, token, feature) key -> attribution, sorted by key
+            "key": torch.cat([(i * len(data[L][0]) + r.token) * saes[L].cfg.d_sae + r.feature
+                              for i, (L, r) in enumerate(zip(layers, results))]).cpu(),
+            "value": torch.cat([r.attribution for r in results]).double().cpu()}
+    (k_a, v_a), (k_b, v_b) = ((e["key"], e["value"]) for e in (out.pop("product_entries"), out.pop("gather_entries")))
+    order_a, order_b = k_a.argsort(), k_b.argsort()
+    k_a, v_a, k_b, v_b = k_a[order_a], v_a[order_a], k_b[order_b], v_b[order_b]
+    in_b, in_a = torch.isin(k_a, k_b), torch.isin(k_b, k_a)
+    out["product_vs_gather_rel_err"] = float((v_a[in_b] - v_b[in_a]).norm() / v_b[in_a].norm())
+    out["entries"], out["entries_only_product"], out["entries_only_gather"] = len(k_a), int((~in_b).sum()), int((~in_a).sum())
     return out
 
 
@@ -305,8 +312,7 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object
     gc.collect()
     synchronize(device)
     before = None
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    if device.type == "cuda":  # the allocator's cache is kept, as in repeated use
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     collecting = gc.isenabled()
@@ -339,7 +345,7 @@ def run_shape(shape, args, device: torch.device, dtype: torch.dtype, out_dir: Pa
     res: dict = {"shape": shape.name, "config": shape.config, "sae": shape.sae_label, "prompts": args.prompts,
                  "steps": args.steps, "ig_batch_prompts": args.ig_batch, "atp_batch_prompts": args.atp_batch}
     started = time.perf_counter()
-    log = lambda msg: print(f"[{shape.name} {time.perf_counter() - started:5.0f}s] {msg}", flush=True)  # noqa: E731
+    log = lambda msg: print(f"[{shape.name} {time.perf_counter() - started:5.0f}s] {msg}", flush=True)
     chat = build_model(shape, str(device), dtype)
     synchronize(device)
     res["attn_implementation"] = chat.model.config._attn_implementation
@@ -422,7 +428,6 @@ def run_shape(shape, args, device: torch.device, dtype: torch.dtype, out_dir: Pa
         log(f"dense vs ours, worst layer: {res['agreement']['worst']}")
     res.pop("atp_result", None)
     res.pop("bound_result", None)
-    del ig_result, dense_result
 
     if args.ig_core:  # the gradient step alone, every layer, one batch, as attribute runs it
         batch = chat.tokenize(prompts[:args.ig_batch])
@@ -458,9 +463,6 @@ def run_shape(shape, args, device: torch.device, dtype: torch.dtype, out_dir: Pa
     res["times_s"] = times
     res["median_s"] = {k: statistics.median(v) for k, v in times.items() if v}
     res["memory"] = mem
-    del saes, chat
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return res
 
 
@@ -479,7 +481,7 @@ def table(results: dict) -> str:
         s, m, mem, g = r["shape"], r["median_s"], r["memory"], goals(r)
         n = f"{r['prompts']}x{r['prompt_tokens']}, {len(r['layers'])} layers"
 
-        def peak(name):
+        def peak(name, mem=mem):
             value = mem.get(f"peak_{name}_gib")
             return "" if value is None else f"{value:.1f}"
         gemma = r["config"].get("hidden_size") == 2304

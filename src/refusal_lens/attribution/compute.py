@@ -131,13 +131,14 @@ class _Run:
             clean_metric, grads = metric_from_logits(clean_logits, tokens, refusal), {}
         else:
             clean, grads, clean_metric = clean_point_gradients(chat_model, batch, layers, tokens, refusal)
-        real = mask.bool()
-        tokens_at = real.nonzero(as_tuple=True)  # the real tokens, row-major
+        tokens_at = mask.bool().nonzero(as_tuple=True)  # the real tokens, row-major
+        real = tokens_at[0] * mask.shape[1] + tokens_at[1]  # as flat indices: a gather, no wait for the device
         pieces = []
         for L in layers:
             grad = (grads.pop(L) if self.method == "atp"
                     else integrated_gradient(chat_model, L, clean[L], patched[L], mask, tokens, refusal, self.steps))
-            changes = decompose(self.saes[L], clean[L][real], patched[L][real], grad[real])
+            rows = (x.flatten(0, 1).index_select(0, real) for x in (clean[L], patched[L], grad))
+            changes = decompose(self.saes[L], *rows)
             at_layer = (_metric_at_layer(chat_model, L, patched[L], mask, tokens, refusal) if self.layer_patched_metric
                         else torch.full((len(instructions),), float("nan")))
             pieces.append(_layer_pieces(changes, tokens_at, mask, self.n_done, at_layer))
