@@ -9,6 +9,7 @@ from refusal_lens.activations import model_inputs, residuals
 from refusal_lens.attribution import (activation_difference_features, attribute, attribution_features,
                                       cosine_features, cossim_ap_features, feature_scores, interpolation_points,
                                       jailbreak_tokens)
+from refusal_lens.attribution.metric import contiguous_head_input
 from refusal_lens.hooks import add_output_edit, hooks_removed_on_exit
 from refusal_lens.interventions import DirectionalAblation, intervene
 from refusal_lens.saes import SAESet
@@ -191,6 +192,39 @@ def test_the_jailbreak_token_is_never_the_refusal_token(llama64):
     assert (result.jailbreak_token != argmax).all() and (result.m_patched != 0).all()
     logits = torch.tensor([[0.0, 5.0, 4.0, 1.0], [3.0, 2.0, 9.0, 1.0]])
     assert jailbreak_tokens(logits, [1, 2]).tolist() == [3, 0]
+
+
+def test_contiguous_head_input_changes_no_number_and_leaves_no_hook(chat_model):
+    batch = chat_model.tokenize(PROMPTS)
+    head = chat_model.model.get_output_embeddings()
+    seen = []
+    plain = full_last_logits(chat_model, batch)
+    with torch.no_grad(), contiguous_head_input(chat_model):
+        probe = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))  # runs after ours
+        try:
+            fixed = chat_model.model(**model_inputs(batch), use_cache=False, logits_to_keep=1).logits[:, -1]
+        finally:
+            probe.remove()
+    assert seen == [True]
+    torch.testing.assert_close(fixed, plain, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="boom"), contiguous_head_input(chat_model):
+        raise RuntimeError("boom")
+    assert not head._forward_pre_hooks
+
+
+def test_decomposition_in_chunks_equals_one_chunk(llama64, monkeypatch):
+    from refusal_lens.attribution import decomposition
+
+    saes = saes_for(llama64)
+    direction = direction_for(llama64)
+    whole = attribute(llama64, saes, PROMPTS, direction, method="atp")
+    monkeypatch.setattr(decomposition, "CHUNK_ELEMENTS_CPU", 96 * 7)  # 7 tokens a chunk
+    chunked = attribute(llama64, saes, PROMPTS, direction, method="atp")
+    for layer in LAYERS:
+        a, b = whole.layers[layer], chunked.layers[layer]
+        assert torch.equal(a.feature, b.feature) and torch.equal(a.position, b.position)
+        torch.testing.assert_close(a.attribution, b.attribution, **TIGHT)
+        torch.testing.assert_close(a.error, b.error, **TIGHT)
 
 
 # --- bad input -----------------------------------------------------------------------------------

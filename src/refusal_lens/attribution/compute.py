@@ -25,37 +25,51 @@ DEFAULT_BATCH = 8  # prompts a batch on the CPU (on a GPU: the largest that fits
 Method = Literal["ig", "atp"]
 
 
+FIELDS = ("prompt", "position", "feature", "delta", "attribution", "error", "m_patched_at_layer")
+
+
 @dataclass
 class _LayerParts:
-    """One layer's per-batch pieces, joined into a ``LayerAttribution`` at the end."""
+    """One layer's per-batch pieces (CPU tensors, ``FIELDS``), joined into a ``LayerAttribution`` at the end."""
 
-    prompt: list[torch.Tensor] = field(default_factory=list)
-    position: list[torch.Tensor] = field(default_factory=list)
-    feature: list[torch.Tensor] = field(default_factory=list)
-    delta: list[torch.Tensor] = field(default_factory=list)
-    attribution: list[torch.Tensor] = field(default_factory=list)
-    error: list[torch.Tensor] = field(default_factory=list)
-    m_patched_at_layer: list[torch.Tensor] = field(default_factory=list)
+    parts: dict[str, list[torch.Tensor]] = field(default_factory=lambda: {name: [] for name in FIELDS})
 
-    def add(self, changes: LayerChanges, attention_mask: torch.Tensor, first_prompt: int,
-            m_patched_at_layer: torch.Tensor) -> None:
-        prompt, column = attention_mask.bool().nonzero(as_tuple=True)  # the real tokens, row-major
-        token = changes.token
-        self.prompt.append((prompt[token] + first_prompt).cpu())
-        self.position.append((column[token] - attention_mask.shape[1]).cpu())
-        self.feature.append(changes.feature.cpu())
-        self.delta.append(changes.delta.cpu())
-        self.attribution.append(changes.attribution.cpu())
-        error = torch.zeros(attention_mask.shape, dtype=changes.error.dtype, device=changes.error.device)
-        error[prompt, column] = changes.error
-        self.error.append(error.cpu())
-        self.m_patched_at_layer.append(m_patched_at_layer.cpu())
+    def add(self, pieces: Sequence[torch.Tensor]) -> None:
+        for name, piece in zip(FIELDS, pieces, strict=True):
+            self.parts[name].append(piece)
 
     def join(self, layer: int, width: int) -> LayerAttribution:
-        error = torch.cat([F.pad(e, (width - e.shape[1], 0)) for e in self.error])
-        return LayerAttribution(layer, torch.cat(self.prompt), torch.cat(self.position), torch.cat(self.feature),
-                                torch.cat(self.delta), torch.cat(self.attribution), error,
-                                torch.cat(self.m_patched_at_layer))
+        joined = {name: torch.cat(pieces) for name, pieces in self.parts.items() if name != "error"}
+        error = torch.cat([F.pad(e, (width - e.shape[1], 0)) for e in self.parts["error"]])
+        return LayerAttribution(layer, joined["prompt"], joined["position"], joined["feature"], joined["delta"],
+                                joined["attribution"], error, joined["m_patched_at_layer"])
+
+
+def _layer_pieces(changes: LayerChanges, real: tuple[torch.Tensor, torch.Tensor], attention_mask: torch.Tensor,
+                  first_prompt: int, m_patched_at_layer: torch.Tensor) -> list[torch.Tensor]:
+    """``FIELDS`` of one layer and batch, on the batch's device; ``real`` = (row, column) of its real tokens."""
+    prompt, column = real
+    token = changes.token
+    error = torch.zeros(attention_mask.shape, dtype=changes.error.dtype, device=changes.error.device)
+    error[prompt, column] = changes.error
+    return [prompt[token] + first_prompt, column[token] - attention_mask.shape[1], changes.feature, changes.delta,
+            changes.attribution, error, m_patched_at_layer.to(changes.error.device)]
+
+
+def _to_cpu(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` on the CPU, moved with one copy per dtype: one wait for the device per batch
+    instead of one per tensor (seven a layer), each of which left the device idle."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return tensors
+    out: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    for index in by_dtype.values():
+        flat = torch.cat([tensors[i].reshape(-1) for i in index]).cpu()
+        for i, piece in zip(index, flat.split([tensors[i].numel() for i in index])):
+            out[i] = piece.view(tensors[i].shape)
+    return out
 
 
 def attribute(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], direction: torch.Tensor, *,
@@ -128,17 +142,21 @@ class _Run:
             clean_metric, grads = metric_from_logits(clean_logits, tokens, refusal), {}
         else:
             clean, grads, clean_metric = clean_point_gradients(chat_model, batch, layers, tokens, refusal)
-        real = mask.bool()
-        found = []  # kept only once the whole batch is done (a batch out of memory is run again, smaller)
+        tokens_at = mask.bool().nonzero(as_tuple=True)  # the real tokens, row-major
+        real = tokens_at[0] * mask.shape[1] + tokens_at[1]  # as flat indices: a gather, no wait for the device
+        pieces = []
         for L in layers:
             grad = (grads.pop(L) if self.method == "atp"
                     else integrated_gradient(chat_model, L, clean[L], patched[L], mask, tokens, refusal, self.steps))
-            changes = decompose(self.saes[L], clean[L][real], patched[L][real], grad[real])
+            rows = (x.flatten(0, 1).index_select(0, real) for x in (clean[L], patched[L], grad))
+            changes = decompose(self.saes[L], *rows)
             at_layer = (_metric_at_layer(chat_model, L, patched[L], mask, tokens, refusal) if self.layer_patched_metric
                         else torch.full((len(instructions),), float("nan")))
-            found.append((L, changes, at_layer))
-        for L, changes, at_layer in found:
-            self.parts.setdefault(L, _LayerParts()).add(changes, mask, self.n_done, at_layer)
+            pieces.append(_layer_pieces(changes, tokens_at, mask, self.n_done, at_layer))
+            del grad, changes
+        moved = iter(_to_cpu([piece for layer_pieces in pieces for piece in layer_pieces]))
+        for L in layers:
+            self.parts.setdefault(L, _LayerParts()).add([next(moved) for _ in FIELDS])
         for name, value in (("m_clean", clean_metric), ("m_patched", metric_from_logits(logits, tokens, refusal)),
                             ("jailbreak", tokens), ("lengths", mask.sum(1))):
             self.per_prompt.setdefault(name, []).append(value.cpu())

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import BatchEncoding
 
-from refusal_lens.attribution.metric import forward_capturing, metric_from_logits
+from refusal_lens.attribution.metric import contiguous_head_input, forward_capturing, metric_from_logits
 from refusal_lens.models import ChatModel, position_ids_for
 from refusal_lens.prefix_cache import _embedding_scale, upper_layers_only
 
@@ -50,7 +50,7 @@ def logits_from_layer(chat_model: ChatModel, layer: int, hidden: torch.Tensor,
                       attention_mask: torch.Tensor) -> torch.Tensor:
     """Last-position logits of a forward pass that starts from ``hidden``, the output of block
     ``layer`` (``[rows, seq, d]``), and runs blocks ``layer + 1 ..`` only."""
-    with upper_layers_only(chat_model, layer + 1):
+    with upper_layers_only(chat_model, layer + 1), contiguous_head_input(chat_model):
         out = chat_model.model(inputs_embeds=hidden.to(chat_model.device) / _embedding_scale(chat_model),
                                attention_mask=attention_mask, position_ids=position_ids_for(attention_mask),
                                use_cache=False, logits_to_keep=1)

@@ -8,7 +8,8 @@ refusal token ("I'd be glad to...") would otherwise give ``m ≡ 0`` and attribu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from transformers import BatchEncoding
@@ -31,6 +32,25 @@ def jailbreak_tokens(patched_logits: torch.Tensor, refusal_ids: Sequence[int]) -
     return allowed.argmax(-1)
 
 
+@contextmanager
+def contiguous_head_input(chat_model: ChatModel) -> Iterator[None]:
+    """The output head gets a contiguous input while the block runs (hook removed on exit).
+
+    With ``logits_to_keep=1`` transformers hands the head ``hidden[:, -1:, :]``, a view whose
+    rows lie ``seq`` apart. ``torch.matmul`` folds a 3-d input into one matrix product only
+    when its leading dimensions are contiguous, so on that view it runs a batched product
+    against the weight expanded over the rows: the whole head weight is read once per row,
+    forward and backward (Gemma-2-2B on an H200, 100 rows: ~15 ms a call, a third of a
+    forward pass). A contiguous ``[rows, 1, d]`` copy makes it one product; same numbers.
+    """
+    head = chat_model.model.get_output_embeddings()
+    handles = []
+    with hooks_removed_on_exit(handles):
+        if head is not None:
+            handles.append(head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:])))
+        yield
+
+
 def forward_capturing(chat_model: ChatModel, batch: BatchEncoding, layers: Sequence[int],
                       interventions: Sequence[Intervention] = (), offsets: Mapping[int, torch.Tensor] | None = None
                       ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
@@ -51,7 +71,7 @@ def forward_capturing(chat_model: ChatModel, batch: BatchEncoding, layers: Seque
         return hidden if offsets is not None else None
 
     handles = []
-    with intervene(chat_model, *interventions), hooks_removed_on_exit(handles):
+    with intervene(chat_model, *interventions), hooks_removed_on_exit(handles), contiguous_head_input(chat_model):
         handles += [add_output_edit(chat_model.layers[L], lambda h, L=L: capture(L, h)) for L in layers]
         out = chat_model.model(**model_inputs(batch), use_cache=False, logits_to_keep=1)
     return captured, out.logits[:, -1]
