@@ -224,7 +224,7 @@ def forced_refusal(chat, decisions: str, seed: int = 0):
             probs = torch.sigmoid(scores)
         return scores, probs
 
-    def decided(track, result, tau):
+    def decided(track, result, tau, kl=None):
         accept = {"accept": True, "reject": False}.get(decisions)
         return (rng.random() < 0.5 if accept is None else accept), track.p_refusal
 
@@ -259,13 +259,15 @@ def pipeline_case(chat, saes, args, device, log, out_dir: Path | None) -> dict:
                  "n_train": args.train_prompts, "n_search": args.search_prompts, "n_eval": args.eval_prompts,
                  "n_fm": args.fm_prompts, "n_capability": args.capability_prompts, "filter_by_score": False},
         "candidates": {"top_k": args.top_k},
+        "attribution": {"k": min(20, args.top_k)},  # CosSim+AP picks among the candidates
         "search": {"seeds": list(range(args.seeds))},
         "evaluation": {"max_new_tokens": args.new_tokens},
     })
     started = time.perf_counter()
     reset_peak(device)
     with forced_refusal(chat, args.search_decisions) as forced:
-        results = run_pipeline(config, work / "run", chat_model=chat, saes=saes)
+        # both papers' methods through the feature cards; the analyses after them are not timed yet
+        results = run_pipeline(config, work / "run", until="cards", chat_model=chat, saes=saes)
     wall = time.perf_counter() - started
     saved = read_json(work / "run" / "results.json")
     stages = {name: cost["wall_time_s"] for name, cost in saved["cost"].items()}

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from benchmarks import run, sae_lens_shim
+from refusal_lens.pipeline import stages
 
 TINY = ["--shapes", "tiny-gemma2", "--device", "cpu", "--quick", "--tokens", "20", "--batch-sizes", "4",
         "--gen-batch-sizes", "2", "--new-tokens", "3", "--pairs", "8", "--pair-chunks", "4",
@@ -83,8 +84,7 @@ def test_scale_benchmark_runs_every_case_on_a_tiny_shape(tmp_path, capsys, one_t
     evaluation = shape["evaluation"]
     assert evaluation["methods"] == 8 and set(evaluation["auto"]["per_method_s"]) >= {"none", "directional_ablation"}
     pipeline = shape["pipeline"]
-    assert list(pipeline["stages_s"]) == ["prompt_sets", "direction", "candidates", "search", "verification",
-                                          "dormant", "interactions", "evaluation"]
+    assert list(pipeline["stages_s"]) == list(stages.names_until("cards"))
     assert pipeline["search_prompts"] == 3 and pipeline["search_forward_passes"] > 0
     assert "half the vocabulary" in pipeline["forced"]["refusal_tokens"]
     assert "whole pipeline" in capsys.readouterr().out
