@@ -33,6 +33,15 @@ layer = 20
 [candidates]
 top_k = 8
 layers = [21, 22]
+[attribution]
+method = "atp"
+k = 8
+n_prompts = 2
+layers = "candidates"
+activation_difference = false
+scales = [-1.0]
+induce_values = [2.0]
+select_by = "refusal_score"
 [search]
 seeds = [0, 1]
 per_prompt_limit = 1
