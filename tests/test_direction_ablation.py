@@ -58,8 +58,11 @@ def reference_block_outputs(chat_model, batch, unit, layers=None):
 
 def hooked_block_outputs(chat_model, batch, ablation):
     outputs = []
-    handles = [block.register_forward_hook(lambda _m, _a, out: outputs.append(out[0] if isinstance(out, tuple) else out))
-               for block in chat_model.layers]
+
+    def record(_module, _args, out):
+        outputs.append(out[0] if isinstance(out, tuple) else out)
+
+    handles = [block.register_forward_hook(record) for block in chat_model.layers]
     try:
         with torch.no_grad(), intervene(chat_model, ablation):
             logits = chat_model.model(**model_inputs(batch), use_cache=False).logits
@@ -119,7 +122,8 @@ def test_hooks_on_every_module_removed_after_an_exception(chat_model):
         return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in chat_model.model.modules())
 
     before = hook_count()
-    with pytest.raises(RuntimeError, match="boom"), intervene(chat_model, DirectionalAblation(torch.randn(chat_model.d_model))):
+    ablation = DirectionalAblation(torch.randn(chat_model.d_model))
+    with pytest.raises(RuntimeError, match="boom"), intervene(chat_model, ablation):
         assert hook_count() == before + 3 * chat_model.n_layers
         raise RuntimeError("boom")
     assert hook_count() == before

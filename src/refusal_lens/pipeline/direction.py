@@ -132,7 +132,8 @@ def _token_ids(chat_model: ChatModel, instructions: Sequence[str]) -> list[list[
     return [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"].cpu(), batch["attention_mask"].cpu())]
 
 
-def row_passes(lengths: Sequence[int], n_candidates: int, rows_per_forward: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def row_passes(lengths: Sequence[int], n_candidates: int,
+               rows_per_forward: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``(candidate indices, prompt indices)`` of each forward pass, covering every (candidate,
     prompt) row once: longest prompts first, a pass holding at most ``rows_per_forward`` rows of
     prompts at least ``SIMILAR_LENGTH`` as long as its longest, so little padding is computed."""
@@ -183,7 +184,8 @@ class CandidateScorer:
         values = torch.empty(len(vectors), len(prompts))
         for candidates, rows in row_passes([len(p) for p in prompts], len(vectors), self.rows_per_forward):
             batch = self.chat_model.pad([prompts[p] for p in rows.tolist()])
-            with intervene(self.chat_model, DirectionalAblation(vectors[candidates].to(self.chat_model.device), layers)):
+            ablation = DirectionalAblation(vectors[candidates].to(self.chat_model.device), layers)
+            with intervene(self.chat_model, ablation):
                 logits = self.chat_model.model(**model_inputs(batch), use_cache=False, logits_to_keep=1).logits[:, -1]
             values[candidates, rows] = reduce(logits, rows).float().cpu()
             if advance:
@@ -243,10 +245,11 @@ def screen(scorer: CandidateScorer, means: torch.Tensor, layers: Sequence[int], 
                 row["induce"] = value
         _measure(progress, "KL", scorer.kl, means, n_harmless,
                  [r for r in table if measure_all or _induces(r, config)], "kl")
-        for _, keep in filter_tiers(config):
-            if any(keep(r) for r in table) or measure_all:
-                break
-        wanted = table if measure_all else [r for r in table if keep(r)]
+        if measure_all:
+            wanted = table
+        else:  # the strictest tier any candidate passes (the last one keeps everything)
+            keep = next(keep for _, keep in filter_tiers(config) if any(keep(r) for r in table))
+            wanted = [r for r in table if keep(r)]
         _measure(progress, "bypass", scorer.bypass, means, n_harmful, wanted, "bypass")
     for row in table:
         del row["_j"]
@@ -364,7 +367,7 @@ def fig_grid(result: RefusalDirection, folder: Path) -> str | None:
     """Bypass, induce and KL of every candidate against its layer, one line per position (the chosen one starred)."""
     if len(result.table) < 2:
         return None
-    fig, axes = subplots(ncols=3, figsize=(13, 3.6))
+    fig, axes = subplots(ncols=3, figsize=(13, 3.6), sharex=True)
     positions = sorted({r.position for r in result.table})
     for ax, key, label in zip(axes, ("bypass", "induce", "kl"),
                               ("bypass: harmful refusal score, ablated", "induce: harmless refusal score, added",
