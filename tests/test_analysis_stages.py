@@ -56,6 +56,7 @@ def run(tmp_path_factory):
                  "filter_by_score": False},
         "direction": {"layers": [0, 1, 2], "positions": [-1], "max_layer_fraction": 1.0},
         "candidates": {"top_k": 5, "layers": [2, 3]},
+        "attribution": {"k": 4, "method": "atp"},
         "evaluation": {"max_new_tokens": 3, "batch_size": 8},
         "categories": {"sources": [str(root / "harmful.csv")], "n_train": 5, "n_eval": 4, "min_prompts": 2,
                        "refused_only": False, "k": 4, "method": "atp", "steps": 1, "n_boot": 20},
@@ -218,12 +219,12 @@ def test_the_documented_analyses_config_is_the_demo_config():
     assert RunConfig.model_validate(read_config_file(path)) == demo_config()
 
 
-def test_the_analysis_stages_come_after_the_evaluation_and_the_demo_stops_there():
+def test_the_analysis_stages_come_after_the_evaluation_and_the_cards_and_the_demo_stops_there():
     from refusal_lens.pipeline import stages
 
     names = stages.NAMES
-    assert names[names.index("evaluation") + 1:] == ("categories", "upstream", "jailbreaks", "probes")
-    assert stages.DEMO_UNTIL == "evaluation"
+    assert names[names.index("evaluation") + 1:] == ("cards", "categories", "upstream", "jailbreaks", "probes")
+    assert stages.DEMO_UNTIL == "cards"
     assert all(row.command for row in stages.TABLE if row.name in ("categories", "upstream", "jailbreaks", "probes"))
 
 
