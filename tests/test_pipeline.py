@@ -172,8 +172,16 @@ def test_feature_cards_describe_every_reported_feature(setup, full_run):
     top = interactions.ranking[:max(config["interactions"]["top_k"])]
     assert set(cards.sets["minimal_shared"]) == necessary and set(cards.sets["minimal_shared_union"]) == necessary
     assert cards.sets["interaction_top"] == sorted((r.layer, r.feature) for r in top)
-    reported = necessary | {(r.layer, r.feature) for r in top}
+    attribution = results["attribution"]
+    for name, features in attribution.feature_sets.items():
+        assert sorted(map(tuple, cards.sets[f"{name}_top"])) == sorted(map(tuple, features))
+    attributed = {(s.layer, s.feature): s.score for s in attribution.scores["attribution"]}
+    reported = necessary | {(r.layer, r.feature) for r in top} | {tuple(f) for fs in attribution.feature_sets.values()
+                                                                   for f in fs}
     assert [c.key for c in cards.cards] == sorted(reported)
+    for card in cards.cards:
+        expected = attributed.get(card.key)
+        assert card.scores.get("attribution") == (pytest.approx(expected) if expected is not None else None)
     for card in cards.cards:
         assert ("minimal_shared" in card.sets) == (card.key in necessary)
         strength = next((r.strength for r in top if (r.layer, r.feature) == card.key), None)

@@ -56,7 +56,14 @@ def _top_interactions(result: Interactions, config: RunConfig) -> list:
     return result.ranking[:max(config.interactions.top_k)]
 
 
-SOURCES = (  # an attribution stage's sets: FeatureSource("attribution", lambda result, config: result.feature_sets)
+def _attribution_scores(result, config: RunConfig) -> dict[str, dict[FeatureKey, float]]:
+    return {"attribution": {(s.layer, s.feature): s.score for s in result.scores.get("attribution", [])}}
+
+
+SOURCES = (
+    FeatureSource("attribution", lambda result, config: {f"{name}_top": list(features)
+                                                         for name, features in result.feature_sets.items()},
+                  _attribution_scores),
     FeatureSource("search", _minimal_sets),
     FeatureSource("interactions",
                   lambda r, c: {"interaction_top": [(x.layer, x.feature) for x in _top_interactions(r, c)]},
