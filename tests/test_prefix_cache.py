@@ -47,16 +47,16 @@ def test_caches_at_several_layers_from_one_pass_equal_one_cache_each(chat_model)
 def test_direction_scores_from_cache_equal_full_forwards(chat_model, layer):
     """The direction stage's induce score (activation addition at the candidate's layer) read
     from the harmless residual cached at that layer = the full forward's."""
-    from refusal_lens.pipeline.direction import score_candidate
+    from refusal_lens.interventions import ActivationAddition
+    from refusal_lens.pipeline.direction import CandidateScorer
+    from refusal_lens.scoring import refusal_score_from_logits
 
     direction = torch.randn(chat_model.d_model, generator=torch.Generator().manual_seed(layer)) * 4
     harmful, harmless = PROMPTS[:2], PROMPTS[2:]
-    clean = last_position_logits(chat_model, harmless)
-    cache = build_prefix_cache(chat_model, harmless, start=layer)
-    full = score_candidate(chat_model, direction, layer, harmful, harmless, clean)
-    fast = score_candidate(chat_model, direction, layer, harmful, harmless, clean, cache)
+    scorer = CandidateScorer(chat_model, harmful, harmless, [layer], rows_per_forward=3)
+    fast = scorer.induce(direction[None], layer)[0].item()
+    full_logits = last_position_logits(chat_model, harmless, [ActivationAddition(direction, layer)])
+    full = refusal_score_from_logits(full_logits, chat_model.refusal_token_ids).mean().item()
     assert fast == pytest.approx(full, rel=1e-4, abs=1e-4)
-    from refusal_lens.scoring import refusal_score_from_logits
-
-    clean_score = refusal_score_from_logits(clean, chat_model.refusal_token_ids).mean().item()
-    assert fast["induce"] != pytest.approx(clean_score, abs=1e-3)  # the addition did something
+    clean = refusal_score_from_logits(last_position_logits(chat_model, harmless), chat_model.refusal_token_ids)
+    assert fast != pytest.approx(clean.mean().item(), abs=1e-3)  # the addition did something
