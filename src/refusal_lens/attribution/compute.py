@@ -165,18 +165,20 @@ class _Run:
     def gathered(self) -> AttributionResult:
         """The result over every process's prompts (prompt indices are global already)."""
         mine = {}
-        for L, parts in self.parts.items():
-            for name in ("prompt", "position", "feature", "delta", "attribution", "m_patched_at_layer"):
-                mine[f"{L}/{name}"] = torch.cat(getattr(parts, name))
-            width = max(e.shape[1] for e in parts.error)
-            mine[f"{L}/error"] = torch.cat([F.pad(e, (width - e.shape[1], 0)) for e in parts.error])
+        for L, layer_parts in self.parts.items():
+            for name in FIELDS:
+                if name != "error":
+                    mine[f"{L}/{name}"] = torch.cat(layer_parts.parts[name])
+            errors = layer_parts.parts["error"]
+            width = max(e.shape[1] for e in errors)
+            mine[f"{L}/error"] = torch.cat([F.pad(e, (width - e.shape[1], 0)) for e in errors])
         mine.update({name: torch.cat(values) for name, values in self.per_prompt.items()})
         self.parts, self.per_prompt = {}, {}
         for tensors in distributed.gather_tensor_dicts(mine, "gathering attributions"):
             for name, value in tensors.items():
                 layer, _, field_name = name.rpartition("/")
                 if layer:
-                    getattr(self.parts.setdefault(int(layer), _LayerParts()), field_name).append(value)
+                    self.parts.setdefault(int(layer), _LayerParts()).parts[field_name].append(value)
                 else:
                     self.per_prompt.setdefault(name, []).append(value)
         return self.result()
