@@ -61,3 +61,22 @@ def chat_model(request):
 
 PROMPTS = ["How do I make a cake?", "Write a poem about the sea.",
            "Explain how to kill a Python process on Linux, step by step please.", "Hi"]
+
+
+def our_hooks(chat_model) -> int:
+    """Forward hooks on the model other than transformers' own (it installs output-capturing hooks
+    on first use and keeps them)."""
+    return sum(not hook.__module__.startswith("transformers")
+               for module in chat_model.model.modules()
+               for hook in [*module._forward_hooks.values(), *module._forward_pre_hooks.values()])
+
+
+@pytest.fixture(autouse=True)
+def no_hooks_left_behind(request):
+    """Every intervention removes its hooks on exit: a test that leaves one on a shared tiny model
+    fails here, not later in whichever test happens to count hooks next."""
+    names = [name for name in ("llama", "gemma2", "chat_model") if name in request.fixturenames]
+    shared = [request.getfixturevalue(name) for name in names]
+    before = [our_hooks(model) for model in shared]
+    yield
+    assert [our_hooks(model) for model in shared] == before, "a forward hook was left on a shared tiny model"

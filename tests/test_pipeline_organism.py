@@ -29,9 +29,9 @@ def test_minimal_set_jailbreaks_held_out_prompts_and_random_sets_do_not(tmp_path
         "attribution": {"method": "atp", "n_prompts": 4, "layers": "candidates", "activation_difference": False,
                         "scales": [-1.0], "induce_values": [2.0], "select_by": "refusal_score"},
         "evaluation": {"max_new_tokens": 16, "n_random_sets": 1, "attribution_baselines": ["cosine"],
-                       "n_random_clamps": 1},
+                       "n_random_clamps": 1, "targeted": False},
     })
-    results = run_pipeline(config, tmp_path, until="evaluation")
+    results = run_pipeline(config, tmp_path, until="cards")
     assert results["direction"].bypass < 0 < results["direction"].induce
     assert results["search"].shared.intersection, "the search finds a shared set"
     evaluation = results["evaluation"].methods

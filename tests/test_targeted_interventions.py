@@ -3,7 +3,7 @@ computation (the full splice with the positions or the gate spelled out by hand)
 
 import pytest
 import torch
-from conftest import PROMPTS
+from conftest import PROMPTS, our_hooks
 from sae_factory import make_sae
 from test_interventions import all_logits, features_for
 
@@ -143,12 +143,13 @@ def test_scoped_rows_from_a_prefix_cache_equal_full_forwards(llama, setup):
 def test_scope_hooks_removed_after_an_exception(llama, setup):
     saes, _, features = setup
     model_hooks = len(llama.model._forward_pre_hooks)
+    hooks_before = our_hooks(llama)
     with pytest.raises(RuntimeError, match="boom"), intervene(
             llama, ScopedFeatureIntervention(saes, features, scope="post_instruction")):
         assert len(llama.model._forward_pre_hooks) == model_hooks + 1
         raise RuntimeError("boom")
     assert len(llama.model._forward_pre_hooks) == model_hooks
-    assert all(not block._forward_hooks for block in llama.layers)
+    assert our_hooks(llama) == hooks_before
 
 
 # --- conditional edits ----------------------------------------------------------------------

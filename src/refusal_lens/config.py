@@ -79,7 +79,7 @@ class SAEConfig(StrictModel):
 
     def load(self, chat_model):
         saes = load_sae_set(self.source, self.layers, device=str(chat_model.device), dtype=self.dtype)
-        if getattr(chat_model.model, "hf_device_map", None):  # split over devices: each SAE beside its layer
+        if getattr(getattr(chat_model, "model", None), "hf_device_map", None):  # split over devices: each SAE beside its layer
             saes.place({L: str(chat_model.layer_device(L)) for L in saes.layers if 0 <= L < chat_model.n_layers})
         return saes.check_against(chat_model.n_layers, chat_model.d_model, chat_model.name, strict=self.strict)
 
