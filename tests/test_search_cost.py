@@ -149,3 +149,33 @@ def test_a_search_refuses_a_generated_only_edit(llama):
     cache = build_prefix_cache(llama, PROMPTS, start=1)
     with pytest.raises(ValueError, match="generated-only edit never touches"):
         SetEvaluator(llama, saes, cache, FeatureOp("zero"), scope="generated")
+
+
+def test_minimal_cheap_file_reproduces_the_edit_the_cheap_tracks_searched_under(tmp_path):
+    """The exported `minimal_cheap` file is the edit the evaluation applies (``HarmlessCost.edit``)."""
+    from types import SimpleNamespace
+
+    from refusal_lens.interventions.files import load_feature_set, save_feature_set
+    from refusal_lens.interventions.parse import feature_intervention
+    from refusal_lens.pipeline.search import SearchOutcome, export
+    from refusal_lens.pipeline.targeted import scale_op
+    from refusal_lens.targeting import HarmlessActivity
+
+    saes = SAESet.from_saes({L: make_sae("jumprelu", 64, seed=L, layer=L) for L in (1, 2)})
+    (track,) = make_tracks(2, CANDIDATES, [0], per_prompt=False, shared=False, shared_flip_fraction=1.0,
+                           cheap_candidates=NECESSARY)
+    track.status = "done"
+    activity = HarmlessActivity(list(CANDIDATES), torch.zeros(len(CANDIDATES)), torch.zeros(len(CANDIDATES)))
+    outcome = SearchOutcome([track], 1, 2, 0.0, activity, {track.name: 0.5}, 2, len(NECESSARY))
+    for positions, scale in (("post_instruction", -2.0), ("all", 0.0)):
+        result = minimal_sets(outcome, ["a", "b"], positions, scale)
+        written = {}
+        ctx = SimpleNamespace(export_feature_set=lambda name, features, op=FeatureOp("zero"), **fields:
+                              written.update({name: save_feature_set(tmp_path / f"{name}.json", features, saes="x",
+                                                                     op=op, **fields)}))
+        export(ctx, result, None)
+        from_file = feature_intervention(saes, load_feature_set(written["minimal_cheap"]))
+        edit = result.harmless_cost.edit(saes, result.minimal_cheap())
+        assert type(from_file) is type(edit) and from_file.describe() == edit.describe()
+        assert edit.op == scale_op(scale) and getattr(edit, "scope", "all") == positions
+    assert not isinstance(edit, ScopedFeatureIntervention)  # the default edit is the plain one, as before
