@@ -63,10 +63,39 @@ def waiting(collective) -> None:
               file=sys.stderr, flush=True)
 
 
+def cheap_search_report(chat_model) -> dict:
+    """A search whose cheap tracks work under their own edit (a clamp-multiply at post-instruction
+    positions): every track as it ended, the harmless KL of the final sets and the rows evaluated."""
+    from sae_factory import make_sae
+
+    from refusal_lens.interventions import FeatureOp
+    from refusal_lens.pipeline.search import greedy_minimal_sets
+    from refusal_lens.saes import SAESet
+
+    saes = SAESet.from_saes({L: make_sae("jumprelu", chat_model.d_model, seed=L, layer=L) for L in (1, 3)})
+    candidates = [(1, i) for i in range(6)] + [(3, i) for i in range(6)]
+    prompts = ["How do I make a cake?", "Write a poem about the sea.",
+               "Explain how to kill a Python process on Linux, step by step please.", "Hi"]
+    outcome = greedy_minimal_sets(chat_model, saes, prompts[:3], candidates, seeds=[0], per_prompt=True,
+                                  rows_per_forward=3, harmless=prompts[1:], cheap=True,
+                                  cheap_op=FeatureOp("scale", -1.0), cheap_scope="post_instruction")
+    return json.loads(json.dumps({"tracks": [t.to_json() for t in outcome.tracks], "final_kl": outcome.final_kl,
+                                  "rows": outcome.rows}))
+
+
+def cheap_search(out: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for conftest's tokenizer
+    from conftest import tiny_llama
+
+    report = cheap_search_report(tiny_llama())
+    if distributed.is_main():
+        (out / "report.json").write_text(json.dumps(report))
+
+
 def main(mode: str, out: str) -> None:
     with distributed.data_parallel():
         try:
-            {"collectives": collectives, "late": late, "dies": dies}[mode](Path(out))
+            {"collectives": collectives, "late": late, "dies": dies, "cheap_search": cheap_search}[mode](Path(out))
         except distributed.DistributedError as error:
             print(f"DistributedError: {error}", file=sys.stderr, flush=True)
             sys.exit(2)

@@ -91,6 +91,20 @@ def test_a_process_that_hangs_or_dies_fails_the_run_in_bounded_time(tmp_path, mo
         assert "Another process died or hung (collectives time out after 5 s" in done.stderr
 
 
+def test_a_cheap_search_under_its_own_edit_on_two_processes_matches_one(tmp_path, llama):
+    """The paper's tracks and the cheap ones (scored by their own evaluator, rows split over the
+    processes; harmless KL computed whole in each) make the same decisions on 2 processes as on 1."""
+    from distributed_script import cheap_search_report
+
+    done = subprocess.run([*TORCHRUN, str(SCRIPT), "cheap_search", str(tmp_path)], env=environment(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = cheap_search_report(llama)
+    assert [t["name"] for t in one["tracks"]] == ["prompt0/seed0", "prompt1/seed0", "prompt2/seed0",
+                                                  "shared/seed0", "cheap/seed0"]
+    assert_same(json.loads((tmp_path / "report.json").read_text()), one)
+
+
 # --- the organism pipeline on 1 and on 2 processes ---------------------------------------------------
 
 CONFIG = """

@@ -102,6 +102,10 @@ class SearchConfig(StrictModel):
                                                     "the cheap tracks' cost is measured on")
     max_harmless_firing: float | None = Field(None, gt=0, le=1, description=(
         "cheap tracks leave out candidates that fire on more than this share of the harmless tokens"))
+    cheap_positions: Literal["all", "prompt", "post_instruction"] = Field("all", description=(
+        "where the cheap tracks' edit acts (the evaluation applies `minimal_cheap` there too); not "
+        "`generated`: the search scores the last prompt position"))
+    cheap_scale: float = Field(0.0, description="the cheap tracks' clamp-multiply factor (0: zero-ablation)")
 
 
 class InteractionsConfig(StrictModel):

@@ -2,7 +2,7 @@
 
 Methods: no intervention, directional ablation, the minimal shared set (∩ and ∪ over seeds),
 the minimal set with the top-K interacting features and those alone, and random sets matched
-in size and layers (the control); the cheap search's set (``search.cost``) and the minimal
+in size and layers (the control); the cheap search's set (``search.cost``, under its edit) and the minimal
 set edited where it is needed only (``pipeline/targeted.py``, ``evaluation.targeted``). Each
 gets the judge's attack success rate and the refusal-score flip rate with 95% Wilson intervals,
 and its capability cost on held-out harmless prompts: the rise in cross-entropy of the
@@ -173,6 +173,8 @@ def evaluation_methods(ctx: RunContext, inputs: Inputs) -> tuple[dict, dict[str,
     for name, features in feature_sets.items():
         if features:
             methods[name] = [FeatureIntervention(ctx.saes, features)]
+    if feature_sets["minimal_cheap"]:  # with the edit the cheap tracks searched under
+        methods["minimal_cheap"] = [search.harmless_cost.edit(ctx.saes, feature_sets["minimal_cheap"])]
     add_clamp_methods(ctx, inputs["attribution"], methods, feature_sets)
     return methods, feature_sets
 

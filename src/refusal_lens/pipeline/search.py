@@ -17,7 +17,11 @@ firing rate on harmless training prompts (costliest first, the seed breaking tie
 test whose removal keeps the prompts flipped *and lowers the mean next-token KL on those
 harmless prompts* is dropped even when P(refusal) moves by more than ``tau``. A feature then
 stays only if the flip needs it, or if it matters for P(refusal) and costs nothing. The
-paper's tracks run unchanged beside them.
+paper's tracks run unchanged beside them. The cheap tracks may search under their own edit
+(``search.cheap_positions``, ``search.cheap_scale``: a clamp-multiply at some positions
+only); their flips and their cost are then both measured under it, the evaluation applies
+``minimal_cheap`` with it, and each step still scores every track together (one batch of
+forward passes per edit).
 
 The stage saves the tracks after every step (``checkpoint.json``): a killed search resumes
 where it stopped. Its result combines each prompt's and the shared tracks over seeds.
@@ -36,13 +40,21 @@ import torch
 from pydantic import BaseModel, Field
 
 from refusal_lens import distributed
-from refusal_lens.interventions import FeatureIntervention, FeatureKey, FeatureOp
+from refusal_lens.interventions import (
+    FeatureIntervention,
+    FeatureKey,
+    FeatureOp,
+    PositionScope,
+    ScopedFeatureIntervention,
+)
+from refusal_lens.interventions.positions import check_scope
 from refusal_lens.models import ChatModel
 from refusal_lens.models.batches import run_batched
 from refusal_lens.pipeline.candidates import Candidates
 from refusal_lens.pipeline.prompt_sets import PromptSets, texts
 from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
 from refusal_lens.pipeline.store import StageDir
+from refusal_lens.pipeline.targeted import scale_op
 from refusal_lens.prefix_cache import PrefixCache, build_prefix_cache, last_logits_from_cache
 from refusal_lens.progress import make_progress
 from refusal_lens.report import ReportSection, img, save_figure, subplots
@@ -85,11 +97,16 @@ class Evaluation:
 class SetEvaluator:
     """Refusal scores of many (prompt, ablation set) pairs, ``rows_per_forward`` per forward pass
     (None: as many as fit the GPU, ``DEFAULT_ROWS`` on the CPU); in a data-parallel run the
-    pairs are split over the processes and every process gets every score."""
+    pairs are split over the processes and every process gets every score. ``scope``: the
+    positions the edit acts at (``interventions/positions.py``)."""
 
     def __init__(self, chat_model: ChatModel, saes: SAESet, cache: PrefixCache, op: FeatureOp,
-                 rows_per_forward: int | None = None, universe: Sequence[FeatureKey] | None = None):
-        self.chat_model, self.saes, self.cache, self.op = chat_model, saes, cache, op
+                 rows_per_forward: int | None = None, universe: Sequence[FeatureKey] | None = None,
+                 scope: PositionScope = "all"):
+        if check_scope(scope) == "generated":
+            raise ValueError("A search scores the last prompt position, which a generated-only edit never "
+                             "touches: search with positions all, prompt or post_instruction.")
+        self.chat_model, self.saes, self.cache, self.op, self.scope = chat_model, saes, cache, op, scope
         self.rows_per_forward = rows_per_forward
         self.universe = universe  # every set is a subset: slices are built once and shared
         self.forward_passes = 0
@@ -98,12 +115,16 @@ class SetEvaluator:
     def _chunk_logits(self, chunk: Sequence[tuple[int, Sequence[FeatureKey]]]) -> torch.Tensor:
         rows = torch.tensor([prompt for prompt, _ in chunk])
         sets = [features for _, features in chunk]
-        interventions = ([FeatureIntervention.for_rows(self.saes, sets, self.op, universe=self.universe)]
-                         if any(sets) else [])
+        interventions = [self._edit(sets)] if any(sets) else []
         logits = last_logits_from_cache(self.chat_model, self.cache, rows, interventions).float()
         self.forward_passes += 1
         self.rows += len(chunk)
         return logits
+
+    def _edit(self, sets: list[Sequence[FeatureKey]]) -> FeatureIntervention:
+        if self.scope == "all":
+            return FeatureIntervention.for_rows(self.saes, sets, self.op, universe=self.universe)
+        return ScopedFeatureIntervention.for_rows(self.saes, sets, self.op, universe=self.universe, scope=self.scope)
 
     def logits(self, pairs: Sequence[tuple[int, Sequence[FeatureKey]]]) -> list[torch.Tensor]:
         """Last-position logits (float32) of the pairs, one chunk at a time, in this process (the
@@ -127,12 +148,13 @@ class SetEvaluator:
 
 class HarmlessKL:
     """Mean next-token KL (last prompt position, base vs edited) over harmless training prompts,
-    of many feature sets, from a prefix cache of those prompts."""
+    of many feature sets, from a prefix cache of those prompts. ``base``: the unedited logits,
+    when another ``HarmlessKL`` over the same cache has them."""
 
-    def __init__(self, evaluate: SetEvaluator):
+    def __init__(self, evaluate: SetEvaluator, base: torch.Tensor | None = None):
         self.evaluate = evaluate
         self.n_prompts = evaluate.cache.hidden.shape[0]
-        self.base = torch.cat(list(evaluate.logits([(p, []) for p in range(self.n_prompts)])))
+        self.base = base if base is not None else torch.cat(evaluate.logits([(p, []) for p in range(self.n_prompts)]))
 
     def __call__(self, sets: Sequence[Sequence[FeatureKey]]) -> list[float]:
         pairs = [(p, s) for s in sets for p in range(self.n_prompts)]
@@ -170,15 +192,24 @@ def make_tracks(n_prompts: int, candidates: Sequence[FeatureKey], seeds: Sequenc
     return tracks
 
 
-def _evaluate_tracks(evaluate: SetEvaluator, tracks: list[Track],
-                     sets: list[list[FeatureKey]]) -> list[Evaluation]:
-    pairs = [(p, s) for track, s in zip(tracks, sets) for p in track.prompts]
-    scores, probs = evaluate(pairs)
-    out, offset = [], 0
-    for track in tracks:
-        n = len(track.prompts)
-        out.append(Evaluation(scores[offset:offset + n], probs[offset:offset + n]))
-        offset += n
+def _evaluate_tracks(evaluate: SetEvaluator, tracks: list[Track], sets: list[list[FeatureKey]],
+                     cheap_evaluate: SetEvaluator | None = None) -> list[Evaluation]:
+    """Each track's set scored on its prompts, in one call of each evaluator: ``evaluate`` for
+    every track, or, with ``cheap_evaluate``, for the paper's tracks and it for the cheap ones."""
+    groups = [(evaluate, list(range(len(tracks))))]
+    if cheap_evaluate is not None:
+        groups = [(evaluate, [j for j, t in enumerate(tracks) if not t.cheap]),
+                  (cheap_evaluate, [j for j, t in enumerate(tracks) if t.cheap])]
+    out: list[Evaluation | None] = [None] * len(tracks)
+    for evaluator, own in groups:
+        if not own:
+            continue
+        scores, probs = evaluator([(p, sets[j]) for j in own for p in tracks[j].prompts])
+        offset = 0
+        for j in own:
+            n = len(tracks[j].prompts)
+            out[j] = Evaluation(scores[offset:offset + n], probs[offset:offset + n])
+            offset += n
     return out
 
 
@@ -209,16 +240,19 @@ def _costs(harmless_kl: HarmlessKL | None, tracks: list[Track], sets: list[list[
 
 def run_greedy(evaluate: SetEvaluator, tracks: list[Track], *, block_size: int, tau: float,
                on_step: Callable[[list[Track]], None] | None = None, harmless_kl: HarmlessKL | None = None,
-               cost: Mapping[FeatureKey, float] | None = None) -> list[Track]:
+               cost: Mapping[FeatureKey, float] | None = None,
+               cheap_evaluate: SetEvaluator | None = None) -> list[Track]:
     """Advance every track to a minimal set. ``on_step`` sees the tracks after each step.
 
-    Cheap tracks need ``harmless_kl`` (their cost) and ``cost`` (each candidate's firing rate
-    on harmless prompts, which orders their blocks).
+    Cheap tracks need ``harmless_kl`` (their cost, under their edit) and ``cost`` (each
+    candidate's firing rate on harmless prompts, which orders their blocks); ``cheap_evaluate``
+    scores them under their own edit (default: ``evaluate``'s).
     """
     # a. ablating all candidates must flip the track's prompts
     fresh = [t for t in tracks if t.status == "running" and not t.targets]
     kls = _costs(harmless_kl, fresh, [t.current for t in fresh])
-    for track, result, kl in zip(fresh, _evaluate_tracks(evaluate, fresh, [t.current for t in fresh]), kls):
+    results = _evaluate_tracks(evaluate, fresh, [t.current for t in fresh], cheap_evaluate)
+    for track, result, kl in zip(fresh, results, kls):
         flipped = [p for p, s in zip(track.prompts, result.scores.tolist()) if s < 0]
         if not flipped or len(flipped) < track.flip_fraction * len(track.prompts) * 0.5:
             track.status = "not_flippable"
@@ -239,8 +273,8 @@ def run_greedy(evaluate: SetEvaluator, tracks: list[Track], *, block_size: int, 
         tests = [t.queue.pop(0) for t in live]
         trial_sets = [[f for f in t.current if f not in set(test)] for t, test in zip(live, tests)]
         kls = _costs(harmless_kl, live, trial_sets)
-        for track, test, trial, result, kl in zip(live, tests, trial_sets,
-                                                  _evaluate_tracks(evaluate, live, trial_sets), kls):
+        results = _evaluate_tracks(evaluate, live, trial_sets, cheap_evaluate)
+        for track, test, trial, result, kl in zip(live, tests, trial_sets, results, kls):
             track.steps += 1
             accepted, p_new = _accepts(track, result, tau, kl)
             if accepted:
@@ -264,11 +298,51 @@ class SearchOutcome:
     n_cheap_candidates: int = 0
 
 
-def _cost_model(chat_model: ChatModel, saes: SAESet, harmless: Sequence[str], candidates: Sequence[FeatureKey],
-                start_layer: int, op: FeatureOp, rows_per_forward: int) -> tuple[HarmlessActivity, HarmlessKL]:
+@dataclass
+class CostModel:
+    """What the cheap tracks need: the candidates' harmless firing, the harmless KL under the
+    paper's edit and under theirs, and the search prompts scored under theirs."""
+
+    activity: HarmlessActivity
+    paper_kl: HarmlessKL
+    cheap_kl: HarmlessKL                  # ``paper_kl`` itself when the cheap tracks' edit is the paper's
+    cheap_evaluate: SetEvaluator | None   # None when the cheap tracks' edit is the paper's
+
+    def evaluators(self) -> list[SetEvaluator]:
+        return list({id(e): e for e in (self.paper_kl.evaluate, self.cheap_kl.evaluate)}.values())
+
+
+def _cost_model(evaluator: Callable[..., SetEvaluator], chat_model: ChatModel, saes: SAESet,
+                harmless: Sequence[str], candidates: Sequence[FeatureKey], search_cache: PrefixCache,
+                op: FeatureOp, cheap_op: FeatureOp, cheap_scope: PositionScope) -> CostModel:
     activity = harmless_activity(chat_model, saes, candidates, harmless)
-    cache = build_prefix_cache(chat_model, harmless, start_layer)
-    return activity, HarmlessKL(SetEvaluator(chat_model, saes, cache, op, rows_per_forward, universe=candidates))
+    cache = build_prefix_cache(chat_model, harmless, search_cache.start)
+    paper_kl = HarmlessKL(evaluator(cache, op))
+    if cheap_op == op and cheap_scope == "all":
+        return CostModel(activity, paper_kl, paper_kl, None)
+    cheap_kl = HarmlessKL(evaluator(cache, cheap_op, cheap_scope), base=paper_kl.base)
+    return CostModel(activity, paper_kl, cheap_kl, evaluator(search_cache, cheap_op, cheap_scope))
+
+
+def _final_kl(tracks: Sequence[Track], costs: CostModel) -> dict[str, float]:
+    """Track name → harmless KL of its final set, under its own edit (shared and cheap tracks)."""
+    final = {}
+    for kl, kind in ((costs.paper_kl, [t for t in tracks if t.name.startswith("shared")]),
+                     (costs.cheap_kl, [t for t in tracks if t.cheap])):
+        finished = [t for t in kind if t.status == "done"]
+        if finished:
+            final.update(zip([t.name for t in finished], kl([t.current for t in finished])))
+    return final
+
+
+def _loop_cost(sharded: Sequence[SetEvaluator], local: Sequence[SetEvaluator]) -> tuple[int, int]:
+    """Forward passes and rows of the whole run: ``sharded`` evaluators split their rows over the
+    processes of a data-parallel run, ``local`` ones (the harmless KL) compute all of theirs in each."""
+    counts = torch.tensor([sum(e.forward_passes for e in sharded), sum(e.rows for e in sharded)])
+    if distributed.active():
+        counts = distributed.all_reduce_sum(counts)
+    passes, rows = counts.tolist()
+    return passes + sum(e.forward_passes for e in local), rows + sum(e.rows for e in local)
 
 
 def greedy_minimal_sets(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str],
@@ -279,51 +353,57 @@ def greedy_minimal_sets(chat_model: ChatModel, saes: SAESet, instructions: Seque
                         op: FeatureOp | None = None, tracks: list[Track] | None = None,
                         on_step: Callable[[list[Track]], None] | None = None,
                         harmless: Sequence[str] = (), cheap: bool = False,
-                        max_harmless_firing: float | None = None) -> SearchOutcome:
+                        max_harmless_firing: float | None = None, cheap_op: FeatureOp | None = None,
+                        cheap_scope: PositionScope = "all") -> SearchOutcome:
     """Minimal ablation sets for each prompt and/or shared by all, for every seed.
 
     With ``cheap``, cheap shared tracks too (the module's docstring), their cost measured on
     ``harmless`` (training prompts, never evaluation ones); their candidates leave out those
-    firing on more than ``max_harmless_firing`` of the harmless tokens.
+    firing on more than ``max_harmless_firing`` of the harmless tokens; their edit is
+    ``cheap_op`` (default ``op``) at the positions of ``cheap_scope``.
     Pass ``tracks`` (e.g. reloaded from a checkpoint) to resume a search.
     """
     started = time.perf_counter()
     op = op or FeatureOp("zero")
-    start_layer = min(layer for layer, _ in candidates)
-    cache = build_prefix_cache(chat_model, instructions, start_layer)
-    evaluate = SetEvaluator(chat_model, saes, cache, op, rows_per_forward, universe=candidates)
-    activity = kl = None
+    cache = build_prefix_cache(chat_model, instructions, min(layer for layer, _ in candidates))
+
+    def evaluator(prompts: PrefixCache, edit: FeatureOp, scope: PositionScope = "all") -> SetEvaluator:
+        return SetEvaluator(chat_model, saes, prompts, edit, rows_per_forward, universe=candidates, scope=scope)
+
+    evaluate = evaluator(cache, op)
+    costs = None
     if cheap or any(t.cheap for t in tracks or ()):
         if not harmless:
             raise ValueError("A cheap search needs harmless training prompts to measure its cost on.")
-        activity, kl = _cost_model(chat_model, saes, harmless, candidates, start_layer, op, rows_per_forward)
-    cost = {key: activity.cost(key) for key in candidates} if activity else None
+        costs = _cost_model(evaluator, chat_model, saes, harmless, candidates, cache, op, cheap_op or op,
+                            cheap_scope)
+    cost = {key: costs.activity.cost(key) for key in candidates} if costs else None
     limit = 1.0 if max_harmless_firing is None else max_harmless_firing
     cheap_candidates = [key for key in candidates if cost[key] <= limit] if cost else None
     if tracks is None:
         tracks = make_tracks(len(instructions), candidates, seeds, per_prompt=per_prompt, shared=shared,
                              shared_flip_fraction=shared_flip_fraction, per_prompt_limit=per_prompt_limit,
                              cheap_candidates=cheap_candidates if cheap else None)
+    sharded = [evaluate] + ([costs.cheap_evaluate] if costs and costs.cheap_evaluate else [])
+    local = costs.evaluators() if costs else []
     with make_progress() as progress:
         task = progress.add_task(f"greedy search ({len(tracks)} tracks)", total=None)
 
         def step(ts: list[Track]) -> None:
             live = sum(t.status == "running" for t in ts)
+            passes = sum(e.forward_passes for e in (*sharded, *local))
             progress.update(task, advance=1, description=f"greedy search: {live}/{len(ts)} tracks running, "
-                                                         f"{evaluate.forward_passes} forward passes")
+                                                         f"{passes} forward passes")
             if on_step is not None:
                 on_step(ts)
 
-        run_greedy(evaluate, tracks, block_size=block_size, tau=tau, on_step=step, harmless_kl=kl, cost=cost)
-    final_kl = {}
-    if kl is not None:
-        finished = [t for t in tracks if t.status == "done" and not t.name.startswith("prompt")]
-        final_kl = dict(zip([t.name for t in finished], kl([t.current for t in finished])))
-    passes, rows = evaluate.forward_passes, evaluate.rows
-    if distributed.active():  # every process evaluated its share of the rows
-        passes, rows = distributed.all_reduce_sum(torch.tensor([passes, rows])).tolist()
+        run_greedy(evaluate, tracks, block_size=block_size, tau=tau, on_step=step,
+                   harmless_kl=costs.cheap_kl if costs else None, cost=cost,
+                   cheap_evaluate=costs.cheap_evaluate if costs else None)
+    final_kl = _final_kl(tracks, costs) if costs else {}
+    passes, rows = _loop_cost(sharded, local)
     return SearchOutcome(tracks, passes, rows, time.perf_counter() - started,
-                         activity, final_kl, len(harmless) if activity else 0,
+                         costs.activity if costs else None, final_kl, len(harmless) if costs else 0,
                          len(cheap_candidates) if cheap_candidates is not None else 0)
 
 
@@ -379,10 +459,18 @@ class CandidateCost(BaseModel):
 
 class HarmlessCost(BaseModel):
     n_prompts: int = Field(description="harmless training prompts the cost is measured on (`search.cost_prompts`)")
+    positions: PositionScope = Field("all", description="where the cheap tracks' edit acts (`search.cheap_positions`)")
+    scale: float = Field(0.0, description="its clamp-multiply factor, 0 for zero-ablation (`search.cheap_scale`)")
     candidates: list[CandidateCost] = Field(description="every candidate's activity on them")
     n_cheap_candidates: int = Field(description="candidates of the cheap tracks (`search.max_harmless_firing`)")
     shared_kl: dict[int, float] = Field(description="seed → harmless KL of the paper's shared set")
-    cheap_kl: dict[int, float] = Field(description="seed → harmless KL of the cheap set")
+    cheap_kl: dict[int, float] = Field(description="seed → harmless KL of the cheap set, under its edit")
+
+    def edit(self, saes: SAESet, features: Sequence[FeatureKey]) -> FeatureIntervention:
+        """The cheap tracks' edit of ``features``: what the evaluation applies ``minimal_cheap`` with."""
+        if self.positions == "all":
+            return FeatureIntervention(saes, features, scale_op(self.scale))
+        return ScopedFeatureIntervention(saes, features, scale_op(self.scale), scope=self.positions)
 
 
 class GreedyLoopCost(BaseModel):
@@ -417,8 +505,10 @@ def _combine(tracks: Sequence[Track]) -> dict:
     return {"intersection": intersection, "union": union, "by_seed": {t.seed: sorted(t.current) for t in tracks}}
 
 
-def minimal_sets(outcome: SearchOutcome, prompt_ids: Sequence[str]) -> MinimalSets:
-    """Each prompt's and the shared finished tracks, combined over seeds."""
+def minimal_sets(outcome: SearchOutcome, prompt_ids: Sequence[str], cheap_positions: PositionScope = "all",
+                 cheap_scale: float = 0.0) -> MinimalSets:
+    """Each prompt's and the shared finished tracks, combined over seeds; ``cheap_positions`` and
+    ``cheap_scale`` record the cheap tracks' edit."""
     tracks = outcome.tracks
     per_prompt = {}
     for index, prompt_id in enumerate(prompt_ids):
@@ -436,16 +526,17 @@ def minimal_sets(outcome: SearchOutcome, prompt_ids: Sequence[str]) -> MinimalSe
         greedy_loop=GreedyLoopCost(forward_passes=outcome.forward_passes, rows=outcome.rows,
                                    wall_time_s=outcome.wall_time_s),
         cheap=SeedCombination(**_combine(cheap)) if any(t.cheap for t in tracks) else None,
-        harmless_cost=_harmless_cost(outcome) if outcome.activity is not None else None)
+        harmless_cost=(_harmless_cost(outcome, cheap_positions, cheap_scale) if outcome.activity is not None
+                       else None))
 
 
-def _harmless_cost(outcome: SearchOutcome) -> HarmlessCost:
+def _harmless_cost(outcome: SearchOutcome, positions: PositionScope, scale: float) -> HarmlessCost:
     activity = outcome.activity
     by_kind = {kind: {t.seed: outcome.final_kl[t.name] for t in outcome.tracks
                       if t.name.startswith(kind) and t.name in outcome.final_kl} for kind in ("shared", "cheap")}
     cheap_track = next((t for t in outcome.tracks if t.cheap), None)
     return HarmlessCost(
-        n_prompts=outcome.n_cost_prompts,
+        n_prompts=outcome.n_cost_prompts, positions=positions, scale=scale,
         candidates=[CandidateCost(layer=L, feature=i, firing_rate=float(activity.firing_rate[j]),
                                   mean_activation=float(activity.mean_activation[j]))
                     for j, (L, i) in enumerate(activity.keys)],
@@ -470,8 +561,9 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> MinimalSets:
         rows_per_forward=config.rows_per_forward,
         tracks=tracks, on_step=lambda ts: out.save_json(CHECKPOINT, [t.to_json() for t in ts]),
         harmless=texts(sets.harmless_train)[:config.cost_prompts], cheap=config.cost == "harmless_kl",
-        max_harmless_firing=config.max_harmless_firing)
-    return minimal_sets(outcome, [p.id for p in prompts])
+        max_harmless_firing=config.max_harmless_firing, cheap_op=scale_op(config.cheap_scale),
+        cheap_scope=config.cheap_positions)
+    return minimal_sets(outcome, [p.id for p in prompts], config.cheap_positions, config.cheap_scale)
 
 
 def summary(result: MinimalSets) -> list[str]:
@@ -488,7 +580,9 @@ def _kl_note(result: MinimalSets) -> str:
     if cost is None or not cost.shared_kl or not cost.cheap_kl:
         return ""
     cheap, shared = (sum(kl.values()) / len(kl) for kl in (cost.cheap_kl, cost.shared_kl))
-    return (f"; harmless-train KL {cheap:.3f} vs {shared:.3f} for the paper's set (mean over seeds, "
+    edit = "" if cost.positions == "all" and cost.scale == 0 else (
+        f" under its own edit ({'zero' if cost.scale == 0 else f'×{cost.scale:g}'} at {cost.positions} positions)")
+    return (f"; harmless-train KL {cheap:.3f}{edit} vs {shared:.3f} for the paper's set (mean over seeds, "
             f"{cost.n_prompts} prompts)")
 
 
@@ -523,9 +617,12 @@ def report(result: MinimalSets, inputs: Inputs, figures: Path) -> list[ReportSec
 
 def export(ctx: RunContext, result: MinimalSets, stage_dir: StageDir) -> None:
     for name, features in (("minimal_shared", result.shared.intersection),
-                           ("minimal_shared_union", result.shared.union), ("minimal_cheap", result.minimal_cheap())):
+                           ("minimal_shared_union", result.shared.union)):
         if features:
             ctx.export_feature_set(name, features)
+    if result.minimal_cheap():  # with the edit the cheap tracks searched under
+        cost = result.harmless_cost
+        ctx.export_feature_set("minimal_cheap", result.minimal_cheap(), scale_op(cost.scale), positions=cost.positions)
 
 
 STAGE = Stage(
