@@ -219,7 +219,8 @@ def test_the_stage_counts_woken_features_and_says_why_no_member_is_dormant(model
         assert woken.top[0].mean_activation > PUSH / 4 and woken.n_woken_candidates == 0
     text = render(result, inputs, tmp_path)
     assert "No dormant feature." in text and "none is among the 4 candidates" in text
-    assert "woke up 1 distinct SAE features" in text and "1 of 8 at layer 2" in text
+    assert "on 2 prompts woke up 1 distinct SAE feature (1.0 per prompt on average; 1 of 8 at layer 2)" in text
+    assert "Layer 1 lies at or below the lowest ablated layer (1)" in text
     assert any("woke up" in line for line in dormant.summary(result))
 
 
@@ -236,22 +237,30 @@ def test_a_set_at_the_top_sae_layer_has_nothing_to_wake_up(model, tmp_path):
 
 
 def test_the_per_prompt_search_at_a_larger_candidate_count(model, tmp_path):
+    # the direction is -r: DORMANT's decoder row (+4r) ranks last at layer 2, so only the largest count
+    # (every feature) makes it a candidate; the search then keeps it beside ACTIVE, dormant on the prompt
     saes = planted_saes(model, active_writes=-PUSH, dormant_writes=4.0)
     ctx, inputs, out = stage_run(tmp_path, model, saes, shared=[ACTIVE, ALWAYS], own={}, candidates=[ACTIVE, ALWAYS],
-                                 search_top_k=[8], search_prompts=1)
+                                 search_top_k=[8, 4], search_prompts=1)
     result = dormant.compute(ctx, inputs, out)
-    (searched,) = result.candidate_counts
-    assert (searched.top_k, searched.n_candidates, searched.n_prompts) == (8, 16, 1)
-    swept = result.analyses[-1]
-    assert swept.name == "per_prompt_top_k8" and swept.n_candidates == 16
-    for pid, features in searched.sets.items():
-        record = analyse_dormant(model, saes, features, [PROMPTS[int(pid[1:])]], [pid])["per_prompt"][pid]
-        assert searched.per_prompt[pid] == dormant.DormantOnPrompt.model_validate(record)
-    assert swept.count.n_sets == len(searched.sets)
-    assert swept.count.n_dormant == sum(r.n_dormant for r in searched.per_prompt.values())
-    assert dormant.compute(ctx, inputs, out) == result  # the finished search is kept and reused, the rest is seeded
+    small, large = result.candidate_counts
+    assert [(s.top_k, s.n_candidates, s.n_prompts) for s in (small, large)] == [(4, 8, 1), (8, 16, 1)]
+    assert small.sets == {} and small.not_flippable == ["p0"]
+    assert large.sets == {"p0": [ACTIVE, DORMANT]} and large.not_flippable == []
+    record = large.per_prompt["p0"]
+    assert record.dormant == [DORMANT] and record.woke_up == [DORMANT] and record.jailbreak_fails_without_dormant
+    assert record == dormant.DormantOnPrompt.model_validate(
+        analyse_dormant(model, saes, [ACTIVE, DORMANT], PROMPTS[:1], ["p0"])["per_prompt"]["p0"])
+    swept = {a.name: a for a in result.analyses}
+    assert swept["per_prompt_top_k4"].count.n_sets == 0
+    counted = swept["per_prompt_top_k8"]
+    assert (counted.n_candidates, counted.count.n_members, counted.count.n_dormant, counted.count.n_needed) == \
+        (16, 2, 1, 1)
+    assert DORMANT in {(f.layer, f.feature) for f in counted.woken.top if f.member and f.candidate}
+    assert dormant.compute(ctx, inputs, out) == result  # the finished searches are kept and reused, the rest seeded
     assert (out.path / "search_top_k8.json").exists()
-    assert "per-prompt sets, top 8" in render(result, inputs, tmp_path)
+    text = render(result, inputs, tmp_path)
+    assert "per-prompt sets, top 8" in text and "No dormant feature." not in text
 
 
 def test_why_no_dormant_names_the_cause():

@@ -391,6 +391,10 @@ def _layers(layers: Iterable[int]) -> str:
     return ", ".join(str(layer) for layer in layers) or "none"
 
 
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def woken_sentence(analysis: SetsAnalysis) -> str:
     """What ablating the active members did, in numbers."""
     woken = analysis.woken
@@ -398,14 +402,18 @@ def woken_sentence(analysis: SetsAnalysis) -> str:
         return f"{analysis.label}: no prompt has an active member to ablate."
     readable = [w for w in woken.per_layer if w.can_wake]
     frozen = [w.layer for w in woken.per_layer if not w.can_wake]
-    text = (f"{analysis.label}: ablating the active members on {woken.n_prompts} prompts woke up "
-            f"{woken.n_woken} distinct SAE features ({number(woken.mean_per_prompt, '.1f')} per prompt on average")
+    text = (f"{analysis.label}: ablating the active members on {_count(woken.n_prompts, 'prompt')} woke up "
+            f"{_count(woken.n_woken, 'distinct SAE feature')} ({number(woken.mean_per_prompt, '.1f')} per prompt on "
+            "average")
     if readable:
         text += "; " + ", ".join(f"{w.n_woken} of {w.n_features} at layer {w.layer}" for w in readable)
-    text += (f"), {woken.n_woken_candidates} of them among the {analysis.n_candidates} candidates and "
-             f"{woken.n_woken_members} members of their prompt's set.")
+    candidates, members = woken.n_woken_candidates, woken.n_woken_members
+    text += (f"); {candidates} of them {'is' if candidates == 1 else 'are'} among the {analysis.n_candidates} "
+             f"candidates and {members} {'is a member' if members == 1 else 'are members'} of the set "
+             "ablated on their prompt.")
     if frozen:
-        text += (f" Layers {_layers(frozen)} lie at or below the lowest ablated layer "
+        text += (f" {'Layer' if len(frozen) == 1 else 'Layers'} {_layers(frozen)} "
+                 f"{'lies' if len(frozen) == 1 else 'lie'} at or below the lowest ablated layer "
                  f"({woken.lowest_ablated_layer}), where nothing can change.")
     return text
 
@@ -449,6 +457,11 @@ def fig_woken_per_layer(result: DormantAnalysis, folder: Path) -> str:
         xs = [i + (j - (len(result.analyses) - 1) / 2) * width for i in range(len(layers))]
         ax.bar(xs, [counts.get(layer, 0) for layer in layers], width=width, label=analysis.label)
     ax.set_xticks(range(len(layers)), [str(layer) for layer in layers])
+    frozen = [i for i, layer in enumerate(layers)
+              if not any(w.can_wake for a in result.analyses for w in a.woken.per_layer if w.layer == layer)]
+    for i in frozen:
+        ax.text(i, 0, "cannot change\n(at or below\nthe ablation)", ha="center", va="bottom", fontsize=7,
+                color="grey")
     ax.set_xlabel("SAE layer")
     ax.set_ylabel("distinct features woken")
     ax.set_title(f"Woken once the active members are ablated (> {result.wake_threshold:g})", fontsize=9)
@@ -460,6 +473,8 @@ def fig_woken_per_layer(result: DormantAnalysis, folder: Path) -> str:
         ax.plot(ks, [a.count.n_members for a in sweep], "s--", label="members")
         ax.plot(ks, [a.woken.n_woken_candidates for a in sweep], "^:", label="woken candidates")
         ax.set_xscale("log")
+        ax.set_xticks(sorted(set(ks)), [str(k) for k in sorted(set(ks))])
+        ax.minorticks_off()
         ax.set_xlabel("candidates per layer (per-prompt search)")
         ax.set_ylabel("count, summed over prompts")
         ax.legend(fontsize=7)
