@@ -24,6 +24,7 @@ from refusal_lens.pipeline.prompt_sets import PromptSets, ScoredPrompt
 from refusal_lens.pipeline.search import GreedyLoopCost, MinimalSets, PromptMinimalSet, SeedCombination
 from refusal_lens.pipeline.stage import Inputs, RunContext, StageRun
 from refusal_lens.saes import SAESet
+from scripts.report_browser import python_reprs
 
 ACTIVE = (1, 3)    # fires everywhere; writes along r (a decoder row of active_writes * r)
 DORMANT = (2, 5)   # reads +r, biased to stay off unless ACTIVE's ablation adds PUSH * r to the stream
@@ -196,6 +197,7 @@ def render(result, inputs, tmp_path) -> str:
     html = "".join(s.html for s in dormant.report(result, inputs, tmp_path / "figures"))
     text = re.sub(r'src="data:image/png;base64,[^"]*"', "", html)
     assert "<img" in html and "None" not in text and "nan" not in text.lower(), text
+    assert python_reprs(html) == []
     return text
 
 

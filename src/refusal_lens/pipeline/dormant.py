@@ -510,8 +510,8 @@ def report(result: DormantAnalysis, inputs: Inputs, figures: Path) -> list[Repor
         text = "The shared set is empty."
     where = "every prompt token" if result.positions == "prompt" else "the last prompt token"
     body = (f"<p>{text}</p><p>A member is dormant when it is zero at {where} of its prompt. Independently of the "
-            f"sets, every feature of the {len(result.sae_layers)} SAE layers ({_layers(sorted(result.sae_layers))}) "
-            f"was checked: it wakes up when it is zero there on the clean prompt and above "
+            f"sets, every feature of the SAE layers {_layers(sorted(result.sae_layers))} "
+            f"({_count(len(result.sae_layers), 'layer')}) was checked: it wakes up when it is zero there on the clean prompt and above "
             f"{result.wake_threshold:g} once the prompt's active members are zero-ablated.</p>")
     body += table(_count_rows(result), ["sets", "candidates / layer", "prompts", "members", "dormant",
                                         "prompts with dormant", "jailbreak needs them", "woken features",
