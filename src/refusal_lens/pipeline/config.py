@@ -108,6 +108,39 @@ class SearchConfig(StrictModel):
     cheap_scale: float = Field(0.0, description="the cheap tracks' clamp-multiply factor (0: zero-ablation)")
 
 
+class DormantConfig(StrictModel):
+    """Dormant ("hydra") features (METHOD.md §4): minimal-set members zero on their prompt, and every
+    SAE feature that wakes up once a set's active members are ablated."""
+
+    positions: Literal["prompt", "last"] = Field("prompt", description=(
+        "where a feature is read: prompt: every token of the prompt (chat template included; a feature is "
+        "zero on a prompt when it is zero at all of them, and its activation is its largest there); "
+        "last: the last prompt token only"))
+    wake_threshold: float = Field(0.0, ge=0, description=(
+        "a feature wakes up when it is zero at every position read on the clean prompt and above this once "
+        "the set's active members are zero-ablated"))
+    top_woken: int = Field(20, ge=1, description="woken features listed per set kind (most prompts first)")
+    batch_size: int | None = Field(None, ge=1, description=(
+        "prompts per forward pass of the woken-feature reads (each prompt runs twice, clean and ablated); "
+        "default: the largest that fits the GPU, 8 on the CPU"))
+    search_top_k: list[int] = Field(default_factory=list, description=(
+        "also run the per-prompt search (the `search` settings: seeds, block size, tau) from the top K "
+        "decoder rows per SAE layer by cosine with the direction (`candidates.layers`), for each K here, "
+        "e.g. [50, 200], and count those sets' dormant members and woken features; larger candidate counts "
+        "let the search keep features that fire only once others are ablated. Empty: the search stage's "
+        "sets only"))
+    search_prompts: int | None = Field(None, ge=1, description=(
+        "prompts of those searches: the first N search prompts (default: `search.per_prompt_limit`, "
+        "else every search prompt)"))
+
+    @field_validator("search_top_k")
+    @classmethod
+    def _candidate_counts(cls, value: list[int]) -> list[int]:
+        if any(k < 1 for k in value):
+            raise ValueError("dormant.search_top_k are candidate counts per SAE layer: use numbers >= 1")
+        return sorted(set(value))
+
+
 class InteractionsConfig(StrictModel):
     embedding_dim: int = Field(20, description="the factorization machine's embedding size")
     learning_rate: float = Field(1e-3, description="Adam's learning rate")
@@ -328,6 +361,8 @@ class RunConfig(StrictModel):
     direction: DirectionConfig = Field(default_factory=DirectionConfig, description="the refusal direction")
     candidates: CandidatesConfig = Field(default_factory=CandidatesConfig, description="the candidate features")
     search: SearchConfig = Field(default_factory=SearchConfig, description="the greedy minimal-set search")
+    dormant: DormantConfig = Field(default_factory=DormantConfig,
+                                   description="dormant members of the minimal sets and the features that wake up")
     interactions: InteractionsConfig = Field(default_factory=InteractionsConfig,
                                              description="the factorization machine and its sweep")
     attribution: AttributionConfig = Field(default_factory=AttributionConfig,
