@@ -108,8 +108,9 @@ class SetEvaluator:
     def logits(self, pairs: Sequence[tuple[int, Sequence[FeatureKey]]]) -> list[torch.Tensor]:
         """Last-position logits (float32) of the pairs, one chunk at a time, in this process (the
         cheap search's harmless prompts are few; every process computes them all)."""
-        size = self.rows_per_forward or DEFAULT_ROWS
-        return [self._chunk_logits(pairs[start:start + size]) for start in range(0, len(pairs), size)]
+        return run_batched(self.chat_model, "set_evaluation", list(pairs), self._chunk_logits,
+                           batch_size=self.rows_per_forward, default=DEFAULT_ROWS, shard=False,
+                           tokens=lambda part: self.cache.hidden.shape[1])
 
     def __call__(self, pairs: Sequence[tuple[int, Sequence[FeatureKey]]]) -> tuple[torch.Tensor, torch.Tensor]:
         def evaluate(chunk: list[tuple[int, Sequence[FeatureKey]]]) -> torch.Tensor:
