@@ -234,10 +234,15 @@ def forced_refusal(chat, decisions: str, plain_requests: set[str], seed: int = 0
 
     def first_step_flips(self, pairs):
         scores, probs = original_call(self, pairs)
-        if self.universe is not None and not getattr(self, "_forced_first_step", False):  # the search's own
-            self._forced_first_step = True
-            scores = -scores.abs() - 1.0
-            probs = torch.sigmoid(scores)
+        if self.universe is not None:  # the search's own evaluator: one call a lock-step
+            self._lock_steps = getattr(self, "_lock_steps", 0) + 1
+            if self._lock_steps == 1:
+                self._started = time.perf_counter()
+                scores = -scores.abs() - 1.0
+                probs = torch.sigmoid(scores)
+            elif self._lock_steps % 10 == 0:  # a run cut short still says how far the search got
+                print(f"  search: lock-step {self._lock_steps}, {len(pairs)} rows, "
+                      f"{time.perf_counter() - self._started:.0f} s since the first", flush=True)
         return scores, probs
 
     def decided(track, result, tau, kl=None):
