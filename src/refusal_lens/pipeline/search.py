@@ -19,8 +19,8 @@ harmless prompts* is dropped even when P(refusal) moves by more than ``tau``. A 
 stays only if the flip needs it, or if it matters for P(refusal) and costs nothing. The
 paper's tracks run unchanged beside them.
 
-The stage saves the tracks after every step (``checkpoint.json``): a killed search resumes
-where it stopped. Its result combines each prompt's and the shared tracks over seeds.
+The stage saves the tracks (``checkpoint.json``) after the first step, then at most every
+``CHECKPOINT_EVERY_S`` seconds, and after the last: a killed search resumes from there. Its result combines each prompt's and the shared tracks over seeds.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ from refusal_lens.scoring import refusal_score_from_logits
 from refusal_lens.targeting import HarmlessActivity, harmless_activity, next_token_kl
 
 CHECKPOINT = "checkpoint.json"
+# 300 tracks over 640 candidates make ~17 MB of JSON, seconds of host time: not after every step
+CHECKPOINT_EVERY_S = 30.0
 DEFAULT_ROWS = 64  # (prompt, feature set) rows a forward pass on the CPU
 
 
@@ -454,6 +456,23 @@ def _harmless_cost(outcome: SearchOutcome) -> HarmlessCost:
         shared_kl=by_kind["shared"], cheap_kl=by_kind["cheap"])
 
 
+class Checkpointer:
+    """``on_step`` of the stage's search: saves the tracks after the first step, then when
+    ``every_s`` seconds have passed since the last save, and after the step that leaves no
+    test queued (so the last checkpoint is the search's final state, whatever the timing)."""
+
+    def __init__(self, out: StageDir, every_s: float = CHECKPOINT_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.out, self.every_s, self.clock = out, every_s, clock
+        self.saved_at: float | None = None
+
+    def __call__(self, tracks: list[Track]) -> None:
+        last = not any(t.status == "running" and t.queue for t in tracks)
+        if last or self.saved_at is None or self.clock() - self.saved_at >= self.every_s:
+            self.out.save_json(CHECKPOINT, [t.to_json() for t in tracks])
+            self.saved_at = self.clock()
+
+
 def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> MinimalSets:
     config = ctx.config.search
     sets: PromptSets = inputs["prompt_sets"]
@@ -469,7 +488,7 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> MinimalSets:
         block_size=config.block_size, tau=config.tau, per_prompt=config.per_prompt, shared=config.shared,
         shared_flip_fraction=config.shared_flip_fraction, per_prompt_limit=config.per_prompt_limit,
         rows_per_forward=config.rows_per_forward,
-        tracks=tracks, on_step=lambda ts: out.save_json(CHECKPOINT, [t.to_json() for t in ts]),
+        tracks=tracks, on_step=Checkpointer(out),
         harmless=texts(sets.harmless_train)[:config.cost_prompts], cheap=config.cost == "harmless_kl",
         max_harmless_firing=config.max_harmless_firing)
     return minimal_sets(outcome, [p.id for p in prompts])
