@@ -185,3 +185,181 @@ def test_the_cuda_probe_measures_every_gpu_of_a_split_model_and_the_tightest_dec
     probe.start()
     assert probe.measure() == (21 << 30, 4 << 30)  # GPU 1: 21 GiB free (1 cached) for 4 GiB a chunk
     assert batching.memory_probe("cpu") is None
+
+
+# --- every batched operation, its batch size unset: backs off, keeps every result, remembers ------
+def sizes_of(operation: str) -> list[int]:
+    """The batch sizes remembered for ``operation`` (any model, device, length)."""
+    return [size for key, size in batching._sizes.items() if key.operation == operation]
+
+
+def tiny_saes(chat_model, layers=(1, 3)):
+    from sae_factory import make_sae
+
+    from refusal_lens.saes import SAESet
+
+    return SAESet.from_saes({L: make_sae("jumprelu", chat_model.d_model, seed=L, layer=L) for L in layers})
+
+
+TWELVE = PROMPTS * 3  # 12 prompts: the CPU's first chunk of 16 takes them all; 12 -> 6 -> 3 fits
+
+
+def _next_token_kl(llama, batch_size):
+    from refusal_lens.capability import next_token_shift
+    from refusal_lens.interventions import ActivationAddition
+
+    push = ActivationAddition(torch.randn(llama.d_model, generator=torch.Generator().manual_seed(0)) * 3, layer=1)
+    shift = next_token_shift(llama, TWELVE, interventions=[push], batch_size=batch_size)
+    return torch.tensor(shift.kl), shift.top1_unchanged
+
+
+def _mean_activations(llama, batch_size):
+    from refusal_lens.attribution.feature_sets import mean_activations
+
+    return mean_activations(llama, tiny_saes(llama), TWELVE, [1, 3], batch_size=batch_size)
+
+
+def _firing_means(llama, batch_size):
+    from refusal_lens.attribution.feature_sets import firing_means
+
+    features = [(1, i) for i in range(0, 96, 7)] + [(3, i) for i in range(0, 96, 5)]
+    return firing_means(llama, tiny_saes(llama), TWELVE, features, batch_size=batch_size)
+
+
+def _last_token_residuals(llama, batch_size):
+    from types import SimpleNamespace
+
+    from refusal_lens.pipeline.probes import _last_token_residuals
+
+    ctx = SimpleNamespace(chat_model=llama, config=SimpleNamespace(batch_size=batch_size))
+    return {L: torch.from_numpy(v) for L, v in _last_token_residuals(ctx, TWELVE, [0, 2]).items()}
+
+
+def _projection_values(llama, batch_size):
+    from refusal_lens.targeting import projection_values
+
+    direction = torch.randn(llama.d_model, generator=torch.Generator().manual_seed(1))
+    return projection_values(llama, direction, [1, 2], TWELVE, batch_size=batch_size).values
+
+
+def _pinned_refusal_scores(llama, batch_size):
+    from refusal_lens.analyses.pinned import pinned_refusal_scores
+    from refusal_lens.interventions import FeatureOp
+
+    return pinned_refusal_scores(llama, tiny_saes(llama), TWELVE, [(1, 4), (3, 9)], FeatureOp("scale", 3.0),
+                                 pin=[(3, 2)], batch_size=batch_size)
+
+
+def _pinned_generate(llama, batch_size):
+    from refusal_lens.analyses.pinned import pinned_generate
+    from refusal_lens.interventions import FeatureOp
+
+    return pinned_generate(llama, tiny_saes(llama), TWELVE, [(1, 4)], FeatureOp("zero"), max_new_tokens=3,
+                           batch_size=batch_size)
+
+
+_PREFIX_CACHES: dict = {}
+
+
+def _set_logits(llama, batch_size):
+    from refusal_lens.interventions import FeatureOp
+    from refusal_lens.pipeline.search import SetEvaluator
+    from refusal_lens.prefix_cache import build_prefix_cache
+
+    if id(llama) not in _PREFIX_CACHES:  # built once, before out-of-memory errors are injected (one forward pass)
+        _PREFIX_CACHES[id(llama)] = build_prefix_cache(llama, PROMPTS, start=1)
+    evaluate = SetEvaluator(llama, tiny_saes(llama), _PREFIX_CACHES[id(llama)], FeatureOp("zero"),
+                            rows_per_forward=batch_size)
+    pairs = [(p, s) for s in ([], [(1, 2)], [(3, 4), (3, 9)]) for p in range(len(PROMPTS))]  # 12 rows
+    return torch.cat(evaluate.logits(pairs))
+
+
+# the batch key's operation -> the call; a pinned prompt runs as two rows (its twin)
+OPERATIONS = {"next_token_kl": _next_token_kl, "mean_activations": _mean_activations,
+              "read_features": _firing_means, "last_token_residuals": _last_token_residuals,
+              "projection_values": _projection_values, "pinned_refusal_scores": _pinned_refusal_scores,
+              "pinned_generate": _pinned_generate, "set_evaluation": _set_logits}
+ROWS_PER_ITEM = {"pinned_refusal_scores": 2}
+SIZE_FOUND = {"mean_activations": 2}  # its CPU default is 8: 8 -> 4 -> 2 (the others': 12 -> 6 -> 3)
+
+
+def assert_same(got, expected):
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert_same(got[key], expected[key])
+    elif isinstance(expected, tuple):
+        for a, b in zip(got, expected, strict=True):
+            assert_same(a, b)
+    elif isinstance(expected, torch.Tensor):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    else:
+        assert got == expected
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_every_batched_operation_backs_off_keeps_its_results_and_remembers_the_size(llama, operation):
+    """An operation that ignored the automatic size would run its fixed batch into the injected
+    out-of-memory error; one that lost or repeated a chunk while backing off would differ from
+    one prompt at a time."""
+    call, rows = OPERATIONS[operation], ROWS_PER_ITEM.get(operation, 1)
+    expected = call(llama, 1)
+    forget_sizes()
+    handle, seen = inject_oom(llama, above=3 * rows)
+    try:
+        got = call(llama, None)
+        assert sizes_of(operation) == [SIZE_FOUND.get(operation, 3)]  # remembered
+        seen.clear()
+        assert_same(call(llama, None), expected)      # and used: no more out-of-memory errors
+        assert seen and max(seen) <= 3 * rows
+    finally:
+        handle.remove()
+    assert_same(got, expected)
+
+
+def test_next_token_kl_of_no_intervention_stays_exactly_zero_after_backing_off(llama):
+    from refusal_lens.capability import BaseLogits, next_token_shift
+    from refusal_lens.interventions import ActivationAddition
+
+    base = BaseLogits(llama)
+    push = ActivationAddition(torch.randn(llama.d_model, generator=torch.Generator().manual_seed(2)), layer=2)
+    handle, _seen = inject_oom(llama, above=3)
+    try:
+        pushed = next_token_shift(llama, TWELVE, base, interventions=[push])  # measures: 12 -> 6 -> 3
+        plain = next_token_shift(llama, TWELVE, base)                         # the same batches of 3
+    finally:
+        handle.remove()
+    assert plain.kl == [0.0] * 12 and all(plain.top1_unchanged)
+    assert min(pushed.kl) > 0
+    assert sorted(len(batch) for batch in base._by_batch) == [3] * 4  # the base read once per batch
+
+
+def test_capability_report_sizes_every_part_to_the_device(llama):
+    from refusal_lens.capability import MCQuestion, capability_report
+    from refusal_lens.interventions import ActivationAddition
+
+    push = ActivationAddition(torch.randn(llama.d_model, generator=torch.Generator().manual_seed(3)) * 2, layer=1)
+    questions = [MCQuestion(f"q{i}", f"Which is {i}?", ("one", "two"), ("A", "B"), i % 2) for i in range(12)]
+
+    def report(batch_size):
+        return capability_report(llama, TWELVE, {"push": [push], "noop": []}, mc_questions=questions,
+                                 max_new_tokens=3, batch_size=batch_size)
+
+    expected = report(1)
+    handle, _seen = inject_oom(llama, above=3)
+    try:
+        got = report(None)
+    finally:
+        handle.remove()
+    assert got["completions"] == expected["completions"]
+    for name in ("push", "noop"):
+        for part, field in (("cross_entropy", "per_prompt"), ("next_token", "per_prompt_kl")):
+            assert got["methods"][name][part][field] == pytest.approx(expected["methods"][name][part][field],
+                                                                       rel=1e-4, abs=1e-6)
+        assert got["methods"][name]["multiple_choice"]["predicted"] == \
+            expected["methods"][name]["multiple_choice"]["predicted"]
+    assert got["methods"]["noop"]["next_token"]["kl_max"] == 0.0
+    for operation in ("generate", "cross_entropy", "next_token_kl", "multiple_choice"):
+        assert sizes_of(operation) == [3], operation

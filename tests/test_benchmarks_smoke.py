@@ -84,7 +84,10 @@ def test_scale_benchmark_runs_every_case_on_a_tiny_shape(tmp_path, capsys, one_t
     evaluation = shape["evaluation"]
     assert evaluation["methods"] == 8 and set(evaluation["auto"]["per_method_s"]) >= {"none", "directional_ablation"}
     pipeline = shape["pipeline"]
-    assert list(pipeline["stages_s"]) == list(stages.names_until("cards"))
+    assert list(pipeline["stages_s"]) == list(stages.NAMES)  # every stage
     assert pipeline["search_prompts"] == 3 and pipeline["search_forward_passes"] > 0
     assert "half the vocabulary" in pipeline["forced"]["refusal_tokens"]
-    assert "whole pipeline" in capsys.readouterr().out
+    saved_run = json.loads(next(tmp_path.glob("scale-pipeline-*/run/results.json")).read_text())
+    assert set(saved_run["categories"]["categories"]) == set(scale.CATEGORIES)  # the synthetic categories
+    assert saved_run["jailbreaks"]["pairs"]                                      # the forced verdicts
+    assert "pipeline through probes" in capsys.readouterr().out

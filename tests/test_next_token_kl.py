@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from refusal_lens.capability import base_last_logits, capability_report, next_token_shift
+from refusal_lens.capability import BaseLogits, capability_report, next_token_shift
 from refusal_lens.interventions import ActivationAddition
 from refusal_lens.pipeline.evaluation import pareto_front
 from refusal_lens.stats import mean_with_interval
@@ -32,8 +32,7 @@ def reference_shift(chat_model, instructions, interventions):
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_kl_and_top1_match_the_reference(llama, batch_size):
     push = ActivationAddition(torch.randn(llama.d_model, generator=torch.Generator().manual_seed(0)) * 2, layer=1)
-    base = base_last_logits(llama, INSTRUCTIONS, batch_size)
-    shift = next_token_shift(llama, INSTRUCTIONS, base, interventions=[push], batch_size=batch_size)
+    shift = next_token_shift(llama, INSTRUCTIONS, interventions=[push], batch_size=batch_size)
     kl, same = reference_shift(llama, INSTRUCTIONS, [push])
     assert shift.kl == pytest.approx(kl, rel=1e-3, abs=1e-6)
     assert shift.top1_unchanged == same
@@ -42,8 +41,7 @@ def test_kl_and_top1_match_the_reference(llama, batch_size):
 
 def test_top1_share_counts_prompts_whose_argmax_moved(llama):
     big = ActivationAddition(torch.randn(llama.d_model, generator=torch.Generator().manual_seed(1)) * 200, layer=2)
-    shift = next_token_shift(llama, INSTRUCTIONS, base_last_logits(llama, INSTRUCTIONS, 2), interventions=[big],
-                             batch_size=2)
+    shift = next_token_shift(llama, INSTRUCTIONS, interventions=[big], batch_size=2)
     _, same = reference_shift(llama, INSTRUCTIONS, [big])
     summary = shift.to_json()
     assert summary["top1_unchanged"] == pytest.approx(sum(same) / len(same))
@@ -52,8 +50,10 @@ def test_top1_share_counts_prompts_whose_argmax_moved(llama):
 
 
 def test_no_intervention_is_exactly_zero(llama):
-    shift = next_token_shift(llama, INSTRUCTIONS, base_last_logits(llama, INSTRUCTIONS, 3), batch_size=3)
+    base = BaseLogits(llama)
+    shift = next_token_shift(llama, INSTRUCTIONS, base, batch_size=3)
     assert shift.kl == [0.0] * 4 and all(shift.top1_unchanged)
+    assert sorted(len(batch) for batch in base._by_batch) == [1, 3]  # the base was read on the same batches
 
 
 def test_capability_report_gives_every_method_its_kl(llama):

@@ -9,7 +9,7 @@ from conftest import tiny_llama
 from sae_factory import make_sae
 from typer.testing import CliRunner
 
-from refusal_lens.capability import base_last_logits, completion_cross_entropy, next_token_shift
+from refusal_lens.capability import completion_cross_entropy, next_token_shift
 from refusal_lens.cli import app
 from refusal_lens.interventions import DirectionalAblation, FeatureIntervention, FeatureOp
 from refusal_lens.interventions.files import load_direction, load_feature_set
@@ -132,7 +132,7 @@ def assert_capability_cost_is_the_reference(root, out, saved):
     cost = saved["evaluation"]["methods"]["directional_ablation"]["capability"]
     assert cost["cross_entropy"] == pytest.approx(ablated, rel=1e-4)
     assert cost["delta_cross_entropy"] == pytest.approx(ablated - plain, abs=1e-4)
-    shift = next_token_shift(chat, harmless, base_last_logits(chat, harmless, 2),
+    shift = next_token_shift(chat, harmless,
                              interventions=[DirectionalAblation(direction)], batch_size=2)
     assert cost["kl_mean"] == pytest.approx(sum(shift.kl) / len(shift.kl), rel=1e-3, abs=1e-6)
     assert cost["kl_max"] == pytest.approx(max(shift.kl), rel=1e-3, abs=1e-6)

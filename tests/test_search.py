@@ -5,8 +5,8 @@ from conftest import PROMPTS
 from sae_factory import make_sae
 
 from refusal_lens.interventions import FeatureIntervention, FeatureOp
-from refusal_lens.pipeline.search import (SetEvaluator, combine_seeds, greedy_minimal_sets, make_tracks,
-                                          run_greedy)
+from refusal_lens.pipeline.search import (Checkpointer, SetEvaluator, combine_seeds, greedy_minimal_sets,
+                                          make_tracks, run_greedy, track_from_json)
 from refusal_lens.prefix_cache import build_prefix_cache
 from refusal_lens.saes import SAESet
 from refusal_lens.scoring import refusal_scores
@@ -42,6 +42,33 @@ def test_greedy_recovers_the_necessary_features_for_every_seed():
         assert sorted(by_name[f"prompt1/seed{seed}"].current) == necessary[1]
         assert sorted(by_name[f"shared/seed{seed}"].current) == sorted(set(necessary[0]) | set(necessary[1]))
         assert all(t.status == "done" for t in tracks)
+
+
+def test_checkpoints_after_the_first_step_then_every_interval_and_after_the_last():
+    class Out:
+        def __init__(self):
+            self.saves = []
+
+        def save_json(self, name, payload):
+            self.saves.append((name, payload))
+
+    necessary = {0: [(1, 3), (2, 7)], 1: [(1, 3), (1, 4), (2, 11)]}
+    tracks = make_tracks(2, CANDIDATES, seeds=[0], per_prompt=True, shared=True, shared_flip_fraction=1.0)
+    out, now, steps = Out(), [0.0], []
+
+    def on_step(ts):
+        steps.append(sum(t.steps for t in ts))
+        checkpoint(ts)
+        now[0] += 1.0  # each step takes a second
+
+    checkpoint = Checkpointer(out, every_s=4.0, clock=lambda: now[0])
+    run_greedy(ScriptedEvaluator(necessary), tracks, block_size=5, tau=0.5, on_step=on_step)
+    saved_steps = [sum(t["steps"] for t in payload) for _, payload in out.saves]
+    assert len(steps) > 9 and {name for name, _ in out.saves} == {"checkpoint.json"}
+    assert saved_steps[0] == steps[0] and saved_steps[1] == steps[4] and saved_steps[-1] == steps[-1]
+    assert len(out.saves) == 2 + (len(steps) - 2) // 4  # every fourth step between the first and the last
+    final = [track_from_json(t) for t in out.saves[-1][1]]
+    assert [t.current for t in final] == [t.current for t in tracks] and not any(t.queue for t in final)
 
 
 def test_not_flippable_is_reported():

@@ -35,7 +35,6 @@ from refusal_lens.data.errors import DataError
 from refusal_lens.generation import generate
 from refusal_lens.interventions import intervene
 from refusal_lens.models.batches import longest_prompt, run_batched
-from refusal_lens.progress import UNSIZED_BATCH
 from refusal_lens.scoring import last_position_logits, next_token_kl
 from refusal_lens.stats import mcnemar, mean_with_interval, rate_with_interval
 
@@ -144,27 +143,44 @@ class NextTokenShift:
                 "n_prompts": len(self.kl), "per_prompt_kl": list(self.kl)}
 
 
-def base_last_logits(chat_model: Any, instructions: Sequence[str], batch_size: int | None) -> list[torch.Tensor]:
-    """The unmodified model's last-position logits, one tensor per batch of ``batch_size`` prompts."""
-    batch_size = batch_size or UNSIZED_BATCH
-    return [last_position_logits(chat_model, instructions[start:start + batch_size]).float().cpu()
-            for start in range(0, len(instructions), batch_size)]
+class BaseLogits:
+    """The unmodified model's last-position logits (float32, on the CPU), kept per batch of
+    prompts. Every method's next-token shift is measured on the batches its base was computed
+    on (same padding, so no intervention gives exactly 0); a batch not seen before (the first
+    method's, or one halved after an out-of-memory error) is computed when first asked for."""
+
+    def __init__(self, chat_model: Any):
+        self.chat_model = chat_model
+        self._by_batch: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def __call__(self, instructions: Sequence[str]) -> torch.Tensor:
+        key = tuple(instructions)
+        if key not in self._by_batch:
+            self._by_batch[key] = last_position_logits(self.chat_model, list(key)).float().cpu()
+        return self._by_batch[key]
 
 
-def next_token_shift(chat_model: Any, instructions: Sequence[str], base: Sequence[torch.Tensor], *,
-                     interventions: Sequence[Any] = (), batch_size: int | None = 8) -> NextTokenShift:
-    """How ``interventions`` move the next-token distribution of ``instructions`` away from
-    ``base`` (``base_last_logits`` with the same ``batch_size``)."""
+def next_token_shift(chat_model: Any, instructions: Sequence[str], base: BaseLogits | None = None, *,
+                     interventions: Sequence[Any] = (), batch_size: int | None = None) -> NextTokenShift:
+    """How ``interventions`` move the next-token distribution of ``instructions`` away from the
+    unmodified model's (``base``: kept between methods; default, a new one).
+
+    ``batch_size`` None: the largest batch that fits the GPU, ``DEFAULT_BATCH`` on the CPU; in a
+    data-parallel run the prompts are split over the processes."""
     if not instructions:
         raise ValueError("no prompts to measure the next-token distribution on")
-    kl: list[float] = []
-    same: list[bool] = []
-    batch_size = batch_size or UNSIZED_BATCH
-    for start, reference in zip(range(0, len(instructions), batch_size), base):
-        edited = last_position_logits(chat_model, instructions[start:start + batch_size], interventions).float().cpu()
-        kl += next_token_kl(reference, edited).clamp(min=0).tolist()
-        same += (reference.argmax(-1) == edited.argmax(-1)).tolist()
-    return NextTokenShift(kl, same)
+    base = BaseLogits(chat_model) if base is None else base
+
+    def shift(chunk: list[str]) -> list[tuple[float, bool]]:
+        reference = base(chunk)
+        edited = last_position_logits(chat_model, chunk, interventions).float().cpu()
+        kl = next_token_kl(reference, edited).clamp(min=0).tolist()
+        same = (reference.argmax(-1) == edited.argmax(-1)).tolist()
+        return list(zip(kl, same))
+
+    rows = run_batched(chat_model, "next_token_kl", list(instructions), shift, batch_size=batch_size,
+                       default=DEFAULT_BATCH, tokens=lambda part: longest_prompt(chat_model, part))
+    return NextTokenShift([float(kl) for kl, _ in rows], [bool(same) for _, same in rows])
 
 
 # --- multiple choice -----------------------------------------------------------------------
@@ -333,7 +349,7 @@ def capability_report(chat_model: Any, instructions: Sequence[str],
         return result
 
     baseline = one(())
-    base_logits = base_last_logits(chat_model, list(instructions), batch_size) if instructions else []
+    base_logits = BaseLogits(chat_model)
     report = {"completions": list(completions), "baseline": baseline, "methods": {}}
     for name, interventions in methods.items():
         result = one(interventions)

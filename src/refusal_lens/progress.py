@@ -24,13 +24,13 @@ def make_progress() -> Progress:
                     console=Console(stderr=True), disable=not progress_enabled())
 
 
-UNSIZED_BATCH = 16  # a batch size left unset (None) by a caller not yet sized to the device: today's default
-
-
-def batches(items: Sequence[T], size: int | None, description: str | None = None) -> Iterator[list[T]]:
-    """Consecutive chunks of ``items`` (``size`` None: ``UNSIZED_BATCH``); with a description, a
-    progress bar over items."""
-    size = UNSIZED_BATCH if size is None else size
+def batches(items: Sequence[T], size: int, description: str | None = None) -> Iterator[list[T]]:
+    """Consecutive chunks of ``items`` of a fixed ``size``; with a description, a progress bar over
+    items. (Batches of a model's forward passes, sized to its device, go through
+    ``refusal_lens.models.batches.run_batched``.)"""
+    if size is None:
+        raise TypeError("batches() takes a fixed size; for batches sized to the device (batch size None) "
+                        "use refusal_lens.models.batches.run_batched")
     if size < 1:
         raise ValueError(f"batch size must be at least 1, got {size}")
     items = list(items)

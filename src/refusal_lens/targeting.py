@@ -24,8 +24,10 @@ import torch
 from refusal_lens.activations import read_features, residuals
 from refusal_lens.interventions import FeatureKey
 from refusal_lens.models import ChatModel
-from refusal_lens.progress import batches
+from refusal_lens.models.batches import longest_prompt, run_batched
 from refusal_lens.saes import SAESet
+
+DEFAULT_BATCH = 16  # prompts a forward pass on the CPU (on a GPU: the largest that fits)
 
 
 @dataclass(frozen=True)
@@ -44,36 +46,39 @@ class TokenValues:
 
 
 def feature_values(chat_model: ChatModel, saes: SAESet, features: Sequence[FeatureKey], prompts: Sequence[str], *,
-                   batch_size: int = 16) -> TokenValues:
+                   batch_size: int | None = None) -> TokenValues:
     """The features' activations at every token (padding left out)."""
     read = read_features(chat_model, saes, prompts, features, batch_size=batch_size)
     return TokenValues([(int(L), int(i)) for L, i in read.keys], read.values[read.mask])
 
 
 def projection_values(chat_model: ChatModel, direction: torch.Tensor, layers: Sequence[int], prompts: Sequence[str],
-                      *, batch_size: int = 16) -> TokenValues:
+                      *, batch_size: int | None = None) -> TokenValues:
     """``x · r̂`` of the residual at each layer, at every token (padding left out)."""
     unit = (direction.float() / direction.float().norm()).to(chat_model.device)
     layers = sorted(int(L) for L in layers)
-    pieces = []
-    for chunk in batches(list(prompts), batch_size):
+
+    def project(chunk: list[str]) -> torch.Tensor:  # [the chunk's tokens, layers]
         batch = chat_model.tokenize(chunk)
         read = residuals(chat_model, batch, layers)
         valid = batch["attention_mask"].bool().to(chat_model.device)
-        pieces.append(torch.stack([(read[L].float() @ unit)[valid] for L in layers], dim=-1).cpu())
+        return torch.stack([(read[L].float() @ unit)[valid] for L in layers], dim=-1).cpu()
+
+    pieces = run_batched(chat_model, "projection_values", list(prompts), project, batch_size=batch_size,
+                         default=DEFAULT_BATCH, tokens=lambda part: longest_prompt(chat_model, part))
     return TokenValues(layers, torch.cat(pieces))
 
 
 def feature_thresholds(chat_model: ChatModel, saes: SAESet, features: Sequence[FeatureKey],
                        harmless: Sequence[str], *, quantile: float = 1.0,
-                       batch_size: int = 16) -> dict[FeatureKey, float]:
+                       batch_size: int | None = None) -> dict[FeatureKey, float]:
     """``{feature: the quantile of its activation over every harmless token}``."""
     return feature_values(chat_model, saes, features, harmless, batch_size=batch_size).quantile(quantile)
 
 
 def projection_thresholds(chat_model: ChatModel, direction: torch.Tensor, layers: Sequence[int],
                           harmless: Sequence[str], *, quantile: float = 1.0,
-                          batch_size: int = 16) -> dict[int, float]:
+                          batch_size: int | None = None) -> dict[int, float]:
     """``{layer: the quantile of x · r̂ over every harmless token at that layer}``."""
     return projection_values(chat_model, direction, layers, harmless, batch_size=batch_size).quantile(quantile)
 
@@ -92,7 +97,7 @@ class HarmlessActivity:
 
 
 def harmless_activity(chat_model: ChatModel, saes: SAESet, features: Sequence[FeatureKey],
-                      harmless: Sequence[str], *, batch_size: int = 16) -> HarmlessActivity:
+                      harmless: Sequence[str], *, batch_size: int | None = None) -> HarmlessActivity:
     read = read_features(chat_model, saes, harmless, features, batch_size=batch_size)
     tokens = read.values[read.mask]
     return HarmlessActivity([(int(L), int(i)) for L, i in read.keys], (tokens > 0).float().mean(0),

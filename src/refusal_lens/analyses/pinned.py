@@ -21,9 +21,11 @@ from refusal_lens.interventions import (
     twin_batch,
 )
 from refusal_lens.models import ChatModel
-from refusal_lens.progress import batches
+from refusal_lens.models.batches import longest_prompt, run_batched
 from refusal_lens.saes import SAESet
 from refusal_lens.scoring import refusal_score_from_logits
+
+DEFAULT_BATCH = 16  # prompts a forward pass on the CPU (on a GPU: the largest that fits; twice the rows with a pin)
 
 
 def _interventions(saes: SAESet, edit: Sequence[FeatureKey], op: FeatureOp, pin: Sequence[FeatureKey],
@@ -49,12 +51,17 @@ def pinned_last_logits(chat_model: ChatModel, saes: SAESet, instructions: Sequen
 
 def pinned_refusal_scores(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str],
                           edit: Sequence[FeatureKey], op: FeatureOp, pin: Sequence[FeatureKey] = (),
-                          batch_size: int = 16) -> torch.Tensor:
-    """The refusal score of each instruction under the edit, with ``pin`` held clean (CPU)."""
-    scores = [refusal_score_from_logits(pinned_last_logits(chat_model, saes, chunk, edit, op, pin),
-                                        chat_model.refusal_token_ids).cpu()
-              for chunk in batches(list(instructions), batch_size)]
-    return torch.cat(scores)
+                          batch_size: int | None = None) -> torch.Tensor:
+    """The refusal score of each instruction under the edit, with ``pin`` held clean (CPU);
+    ``batch_size`` None: the largest batch that fits the GPU, ``DEFAULT_BATCH`` on the CPU."""
+
+    def score(chunk: list[str]) -> torch.Tensor:
+        logits = pinned_last_logits(chat_model, saes, chunk, edit, op, pin)
+        return refusal_score_from_logits(logits, chat_model.refusal_token_ids).cpu()
+
+    scores = run_batched(chat_model, "pinned_refusal_scores", list(instructions), score, batch_size=batch_size,
+                         default=DEFAULT_BATCH, tokens=lambda part: longest_prompt(chat_model, part))
+    return torch.cat(scores) if scores else torch.empty(0)
 
 
 @torch.no_grad()
@@ -80,8 +87,9 @@ def pinned_generate_batch(chat_model: ChatModel, saes: SAESet, instructions: Seq
 
 def pinned_generate(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], edit: Sequence[FeatureKey],
                     op: FeatureOp, pin: Sequence[FeatureKey] = (), *, max_new_tokens: int = 64,
-                    batch_size: int = 16, progress: str | None = None) -> list[str]:
-    answers: list[str] = []
-    for chunk in batches(list(instructions), batch_size, progress):
-        answers += pinned_generate_batch(chat_model, saes, chunk, edit, op, pin, max_new_tokens)
-    return answers
+                    batch_size: int | None = None, progress: str | None = None) -> list[str]:
+    """``pinned_generate_batch`` a batch at a time (``batch_size`` as ``pinned_refusal_scores``)."""
+    return run_batched(chat_model, "pinned_generate", list(instructions),
+                       lambda chunk: pinned_generate_batch(chat_model, saes, chunk, edit, op, pin, max_new_tokens),
+                       batch_size=batch_size, default=DEFAULT_BATCH, progress=progress,
+                       tokens=lambda part: longest_prompt(chat_model, part, max_new_tokens))

@@ -14,15 +14,15 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from refusal_lens.activations import read_features
+from refusal_lens.activations import read_features, residuals
 from refusal_lens.attribution.result import FeatureScores, ScoredFeature
 from refusal_lens.interventions import Intervention
 from refusal_lens.models import ChatModel
-from refusal_lens.progress import batches
+from refusal_lens.models.batches import longest_prompt, run_batched
 from refusal_lens.saes import SAESet
 
 DEFAULT_K = 20
-READ_BATCH = 8  # prompts read at a time when no batch size is given (not sized to the device yet)
+READ_BATCH = 8  # prompts a forward pass on the CPU (on a GPU: the largest that fits)
 
 
 def cossim_ap_features(scores: FeatureScores, candidates: Iterable[Sequence], k: int = DEFAULT_K,
@@ -67,22 +67,55 @@ def activation_difference_features(chat_model: ChatModel, saes: SAESet, harmful:
 def mean_activations(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], layers: Sequence[int],
                      batch_size: int | None = None, skip_prefix: bool = True) -> dict[tuple[int, int], float]:
     """``{(layer, feature): mean over prompts of the mean over positions}`` for every feature
-    active somewhere on ``instructions``, read with ``read_features`` a batch at a time."""
+    active somewhere on ``instructions`` (0 for one active only before the instruction).
+
+    ``batch_size`` None: the largest batch that fits the GPU, ``READ_BATCH`` on the CPU; in a
+    data-parallel run the prompts are split over the processes. Each batch is reduced on the
+    device: only its active features' sums leave it."""
+    if not instructions:
+        raise ValueError("No instructions to average feature activations over.")
+    layers = sorted({int(L) for L in layers})
+    missing = [L for L in layers if L not in saes]
+    if missing:
+        raise KeyError(f"No SAE at layers {missing}; the SAE set covers {saes.layers}.")
     skipped = chat_model.n_pre_instruction_tokens if skip_prefix else 0
-    codes, sums = [], []
-    for chunk in batches(list(instructions), batch_size or READ_BATCH):
-        read = read_features(chat_model, saes, chunk, all_active=layers)
-        lengths = read.mask.sum(1, keepdim=True)
-        from_right = read.mask.shape[1] - torch.arange(read.mask.shape[1])
-        scored = read.mask & (from_right[None, :] <= lengths - skipped)
-        per_prompt = (read.values * scored[..., None]).sum(1) / scored.sum(1, keepdim=True)
-        keys = torch.tensor(read.keys, dtype=torch.long).view(-1, 2)
-        codes.append(keys)
-        sums.append(per_prompt.double().sum(0))
-    keys, inverse = torch.unique(torch.cat(codes), dim=0, return_inverse=True)
-    total = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, inverse, torch.cat(sums))
+
+    def batch_sums(chunk: list[str]) -> torch.Tensor:
+        return _active_feature_sums(chat_model, saes, chunk, layers, skipped)
+
+    rows = torch.cat(run_batched(chat_model, "mean_activations", list(instructions), batch_sums,
+                                 batch_size=batch_size, default=READ_BATCH,
+                                 tokens=lambda part: longest_prompt(chat_model, part)))
+    keys, inverse = torch.unique(rows[:, :2].long(), dim=0, return_inverse=True)
+    total = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, inverse, rows[:, 2])
     mean = total / len(instructions)
     return {(int(L), int(i)): float(v) for (L, i), v in zip(keys.tolist(), mean.tolist())}
+
+
+@torch.no_grad()
+def _active_feature_sums(chat_model: ChatModel, saes: SAESet, instructions: list[str], layers: list[int],
+                         skipped: int) -> torch.Tensor:
+    """``[rows, 3]`` float64 ``(layer, feature, sum over the batch of its mean over the scored
+    positions)`` for each feature active (> 0) at some prompt token of the batch."""
+    batch = chat_model.tokenize(instructions)
+    found = residuals(chat_model, batch, layers)
+    mask = batch["attention_mask"].bool()
+    lengths = mask.sum(1, keepdim=True)
+    from_right = mask.shape[1] - torch.arange(mask.shape[1], device=mask.device)
+    scored = mask & (from_right[None, :] <= lengths - skipped)  # after the template's opening
+    rows = []
+    for layer in layers:
+        sae = saes[layer]
+        hidden = found.pop(layer).to(sae.W_dec.device)
+        acts = sae.encode(hidden.reshape(-1, hidden.shape[-1])).view(*hidden.shape[:-1], -1)
+        acts = acts.masked_fill(~mask.to(acts.device)[..., None], 0)
+        active = torch.nonzero(acts.gt(0).any(1).any(0)).flatten()
+        values = acts.index_select(-1, active).float()
+        weights = scored.to(acts.device)
+        per_prompt = (values * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+        rows.append(torch.stack([torch.full_like(active, layer).double(), active.double(),
+                                 per_prompt.double().sum(0)], dim=1).cpu())
+    return torch.cat(rows)
 
 
 def firing_means(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str], features: Sequence[Sequence],
@@ -91,18 +124,16 @@ def firing_means(chat_model: ChatModel, saes: SAESet, instructions: Sequence[str
     """Each feature's mean activation over the positions where it fires (> 0) on
     ``instructions`` (skipping what the template writes before the instruction; under
     ``interventions`` if given), None for a feature that never fires there: the scale of
-    "set to v × its usual activation"."""
+    "set to v × its usual activation". ``batch_size`` as ``read_features`` takes it (None: sized
+    to the device)."""
     keys = list(dict.fromkeys((int(f[0]), int(f[1])) for f in features))
     skipped = chat_model.n_pre_instruction_tokens if skip_prefix else 0
-    totals = torch.zeros(len(keys), dtype=torch.float64)
-    counts = torch.zeros(len(keys), dtype=torch.float64)
-    for chunk in batches(list(instructions), batch_size or READ_BATCH):
-        read = read_features(chat_model, saes, chunk, keys, interventions=interventions)
-        lengths = read.mask.sum(1, keepdim=True)
-        from_right = read.mask.shape[1] - torch.arange(read.mask.shape[1])
-        scored = read.mask & (from_right[None, :] <= lengths - skipped)
-        values = read.values.double() * scored[..., None]
-        totals += values.sum((0, 1))
-        counts += (values > 0).sum((0, 1))
+    read = read_features(chat_model, saes, list(instructions), keys, interventions=interventions,
+                         batch_size=batch_size)
+    lengths = read.mask.sum(1, keepdim=True)
+    from_right = read.mask.shape[1] - torch.arange(read.mask.shape[1])
+    scored = read.mask & (from_right[None, :] <= lengths - skipped)
+    values = read.values.double() * scored[..., None]
+    totals, counts = values.sum((0, 1)), (values > 0).sum((0, 1)).double()
     return {key: (float(total / count) if count else None) for key, total, count in
             zip(keys, totals.tolist(), counts.tolist())}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from pydantic import BaseModel, Field
 from rich.console import RenderableType
 
@@ -27,14 +28,15 @@ from refusal_lens.analyses.probes import ProbeScore, choose_layer, fit_probe, sc
 from refusal_lens.data import check_disjoint
 from refusal_lens.data.prompts import Prompt
 from refusal_lens.interventions import FeatureKey
+from refusal_lens.models.batches import longest_prompt, run_batched
 from refusal_lens.pipeline.categories import refusal_set
 from refusal_lens.pipeline.jailbreaks import Jailbreaks
 from refusal_lens.pipeline.prompt_sets import PromptSets, ScoredPrompt
 from refusal_lens.pipeline.stage import Inputs, RunContext, Stage
 from refusal_lens.pipeline.store import StageDir
-from refusal_lens.progress import batches
 from refusal_lens.report import ReportSection, img, save_figure, subplots, table
 
+RESIDUAL_BATCH = 16  # prompts a forward pass on the CPU (on a GPU: the largest that fits)
 PAPER_ANCHOR = {"refusal_features": 0.87, "random": 0.50, "dense": 0.51}  # [Y25], Gemma-2-2B-IT, OOD accuracy
 
 
@@ -105,11 +107,16 @@ def _last_token_features(ctx: RunContext, texts: list[str], features: list[Featu
 
 
 def _last_token_residuals(ctx: RunContext, texts: list[str], layers: list[int]) -> dict[int, np.ndarray]:
-    parts: dict[int, list[np.ndarray]] = {L: [] for L in layers}
-    for chunk in batches(texts, ctx.config.batch_size, "residuals"):
-        for layer, values in residuals(ctx.chat_model, chunk, layers, positions=[-1]).items():
-            parts[layer].append(values[:, 0].double().cpu().numpy())
-    return {L: np.concatenate(v) for L, v in parts.items()}
+    model = ctx.chat_model
+
+    def read(chunk: list[str]) -> torch.Tensor:  # [prompts, layers, d_model]
+        found = residuals(model, chunk, layers, positions=[-1])
+        return torch.stack([found[L][:, 0].double().cpu() for L in layers], dim=1)
+
+    stacked = torch.cat(run_batched(model, "last_token_residuals", texts, read, batch_size=ctx.config.batch_size,
+                                    default=RESIDUAL_BATCH, tokens=lambda part: longest_prompt(model, part),
+                                    progress="residuals"))
+    return {L: stacked[:, j].numpy() for j, L in enumerate(layers)}
 
 
 def _evaluate(probe, x_by_split: dict[str, np.ndarray], splits: dict[str, Split], n_boot: int, seed: int):

@@ -23,8 +23,8 @@ only); their flips and their cost are then both measured under it, the evaluatio
 ``minimal_cheap`` with it, and each step still scores every track together (one batch of
 forward passes per edit).
 
-The stage saves the tracks after every step (``checkpoint.json``): a killed search resumes
-where it stopped. Its result combines each prompt's and the shared tracks over seeds.
+The stage saves the tracks (``checkpoint.json``) after the first step, then at most every
+``CHECKPOINT_EVERY_S`` seconds, and after the last: a killed search resumes from there. Its result combines each prompt's and the shared tracks over seeds.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ from refusal_lens.scoring import refusal_score_from_logits
 from refusal_lens.targeting import HarmlessActivity, harmless_activity, next_token_kl
 
 CHECKPOINT = "checkpoint.json"
+# 300 tracks over 640 candidates make ~17 MB of JSON, seconds of host time: not after every step
+CHECKPOINT_EVERY_S = 30.0
 DEFAULT_ROWS = 64  # (prompt, feature set) rows a forward pass on the CPU
 
 
@@ -129,8 +131,9 @@ class SetEvaluator:
     def logits(self, pairs: Sequence[tuple[int, Sequence[FeatureKey]]]) -> list[torch.Tensor]:
         """Last-position logits (float32) of the pairs, one chunk at a time, in this process (the
         cheap search's harmless prompts are few; every process computes them all)."""
-        size = self.rows_per_forward or DEFAULT_ROWS
-        return [self._chunk_logits(pairs[start:start + size]) for start in range(0, len(pairs), size)]
+        return run_batched(self.chat_model, "set_evaluation", list(pairs), self._chunk_logits,
+                           batch_size=self.rows_per_forward, default=DEFAULT_ROWS, shard=False,
+                           tokens=lambda part: self.cache.hidden.shape[1])
 
     def __call__(self, pairs: Sequence[tuple[int, Sequence[FeatureKey]]]) -> tuple[torch.Tensor, torch.Tensor]:
         def evaluate(chunk: list[tuple[int, Sequence[FeatureKey]]]) -> torch.Tensor:
@@ -544,6 +547,23 @@ def _harmless_cost(outcome: SearchOutcome, positions: PositionScope, scale: floa
         shared_kl=by_kind["shared"], cheap_kl=by_kind["cheap"])
 
 
+class Checkpointer:
+    """``on_step`` of the stage's search: saves the tracks after the first step, then when
+    ``every_s`` seconds have passed since the last save, and after the step that leaves no
+    test queued (so the last checkpoint is the search's final state, whatever the timing)."""
+
+    def __init__(self, out: StageDir, every_s: float = CHECKPOINT_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.out, self.every_s, self.clock = out, every_s, clock
+        self.saved_at: float | None = None
+
+    def __call__(self, tracks: list[Track]) -> None:
+        last = not any(t.status == "running" and t.queue for t in tracks)
+        if last or self.saved_at is None or self.clock() - self.saved_at >= self.every_s:
+            self.out.save_json(CHECKPOINT, [t.to_json() for t in tracks])
+            self.saved_at = self.clock()
+
+
 def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> MinimalSets:
     config = ctx.config.search
     sets: PromptSets = inputs["prompt_sets"]
@@ -559,7 +579,7 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> MinimalSets:
         block_size=config.block_size, tau=config.tau, per_prompt=config.per_prompt, shared=config.shared,
         shared_flip_fraction=config.shared_flip_fraction, per_prompt_limit=config.per_prompt_limit,
         rows_per_forward=config.rows_per_forward,
-        tracks=tracks, on_step=lambda ts: out.save_json(CHECKPOINT, [t.to_json() for t in ts]),
+        tracks=tracks, on_step=Checkpointer(out),
         harmless=texts(sets.harmless_train)[:config.cost_prompts], cheap=config.cost == "harmless_kl",
         max_harmless_firing=config.max_harmless_firing, cheap_op=scale_op(config.cheap_scale),
         cheap_scope=config.cheap_positions)
