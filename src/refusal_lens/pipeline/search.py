@@ -81,7 +81,7 @@ class Track:
     status: str = "running"            # running | done | not_flippable
     steps: int = 0
     cheap: bool = False                # capability cost is an objective (see the module's docstring)
-    kl: float | None = None            # cheap tracks: mean harmless next-token KL with S ablated
+    kl: float | None = None            # cheap tracks: mean harmless next-token KL with S edited (their edit)
 
     def to_json(self) -> dict:
         return {"name": self.name, "seed": self.seed, "prompts": self.prompts, "status": self.status,
