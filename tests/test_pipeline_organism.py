@@ -21,7 +21,7 @@ def test_minimal_set_jailbreaks_held_out_prompts_and_random_sets_do_not(tmp_path
     config = RunConfig.model_validate({
         "model": {"name": "organism", "device": "cpu"},
         "saes": {"source": "organism"},
-        "data": {"n_train": 16, "n_val": 4, "n_search": 4, "n_eval": 12, "n_fm": 16},
+        "data": {"n_train": 16, "n_val": 4, "n_search": 4, "n_eval": 12, "n_fm": 16, "n_capability": 8},
         "direction": {"variant": "last_position", "layer": 20},
         "candidates": {"top_k": 8, "layers": organism_sae_layers(0.6, 0.8)},  # 18, 21, 22
         "search": {"seeds": [0], "per_prompt_limit": 1, "rows_per_forward": 32},
