@@ -66,7 +66,7 @@ PROMPTS = ["How do I make a cake?", "Write a poem about the sea.",
 def our_hooks(chat_model) -> int:
     """Forward hooks on the model other than transformers' own (it installs output-capturing hooks
     on first use and keeps them)."""
-    return sum(not hook.__module__.startswith("transformers")
+    return sum(not (getattr(hook, "__module__", None) or "").startswith("transformers")
                for module in chat_model.model.modules()
                for hook in [*module._forward_hooks.values(), *module._forward_pre_hooks.values()])
 
