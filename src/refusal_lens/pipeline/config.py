@@ -426,7 +426,9 @@ def demo_config() -> RunConfig:
     evaluation keeps one random control of each kind (a set matched to the minimal set, a
     clamped set matched to CosSim+AP) and leaves the baselines beside CosSim+AP and the
     targeted edits to ``configs/organism.toml``: that keeps the demo near 10 minutes on 2 CPU
-    cores.
+    cores. The 32 held-out prompts are generated as one batch: on the CPU a decode step costs
+    about as much for 32 rows as for 16 (it reads every weight once), so one batch of 32 ran
+    ~25% faster than two of 16.
     """
     return RunConfig(
         data=DataConfig(n_train=32, n_val=8, n_search=6, n_eval=32, n_fm=64),
@@ -436,7 +438,7 @@ def demo_config() -> RunConfig:
         attribution=AttributionConfig(method="atp", n_prompts=8, k=20, layers="candidates",
                                       activation_difference=False, scales=[-1.0, -3.0],
                                       induce_values=[2.0, 4.0, 8.0], select_by="refusal_score"),
-        evaluation=EvaluationConfig(max_new_tokens=32, n_random_sets=1, attribution_baselines=[],
+        evaluation=EvaluationConfig(max_new_tokens=32, batch_size=32, n_random_sets=1, attribution_baselines=[],
                                     n_random_clamps=1, targeted=False),
         categories=CategoriesConfig(n_train=12, n_eval=8, n_boot=100),
         upstream=UpstreamConfig(k=8, n_random_sets=2),
