@@ -5,10 +5,18 @@
   set (``list_datasets()``); ``source`` is a local copy of a hub set.
 - ``load_prompts(spec, ...)``: either of the two, from one string (what ``--dataset`` /
   ``--prompts`` resolve through).
-- ``deduplicate``, ``find_duplicates``, ``check_disjoint`` (raises ``LeakageError``).
+- ``deduplicate``, ``find_duplicates``, ``check_disjoint`` (raises ``LeakageError``), ``near_duplicates``
+  (rephrasings that share most content words).
 """
 
-from refusal_lens.data.dedup import LeakageError, check_disjoint, deduplicate, find_duplicates, normalise_text
+from refusal_lens.data.dedup import (
+    LeakageError,
+    check_disjoint,
+    deduplicate,
+    find_duplicates,
+    near_duplicates,
+    normalise_text,
+)
 from refusal_lens.data.errors import DataError
 from refusal_lens.data.files import SUPPORTED_EXTENSIONS, load_prompt_file
 from refusal_lens.data.offline import fill_template
@@ -27,7 +35,7 @@ from refusal_lens.data.splits import SPLITS, assign_split
 
 __all__ = [
     "REGISTRY", "SPLITS", "SUPPORTED_EXTENSIONS", "DataError", "DatasetInfo", "LeakageError", "Prompt",
-    "assign_split", "check_disjoint", "deduplicate", "fill_template", "find_duplicates",
+    "assign_split", "check_disjoint", "deduplicate", "fill_template", "find_duplicates", "near_duplicates",
     "get_dataset_info", "list_datasets", "load_dataset", "load_prompt_file", "load_prompts",
     "normalise_text", "offline_alternatives", "select",
 ]

@@ -76,3 +76,34 @@ def check_disjoint(discovery: Sequence[Prompt], evaluation: Sequence[Prompt], *,
             f"{len(clashes)} of {len(evaluation)} {what} prompts are also discovery prompts: {shown}. "
             f"Evaluate on the test split (--split test) of a set whose discovery uses train/val, "
             f"or on another data set; `refusal_lens.data.deduplicate` removes repeats across sets.")
+
+
+_WORD = re.compile(r"[a-z]+")
+_STOPWORDS = frozenset(
+    "the a an and or but of to in on at for with by from as is are was were be been being it its this that these "
+    "those what which who whom how why when where do does did done can could would should will shall may might "
+    "must i me my we our you your he his she her they them their there here into about than then so if not no "
+    "any some all more most such only very just also have has had having people past future someone".split())
+
+
+_SUFFIX = re.compile(r"(ing|ed|es|s|e)$")
+
+
+def content_words(text: str) -> frozenset[str]:
+    """Lower-case words of three letters or more, stopwords (and the words a tense rephrasing adds:
+    "people", "past", "future") left out, crudely stemmed ("making", "make" → "mak"; "bombs" → "bomb")."""
+    words = [w for w in _WORD.findall(normalise_text(text)) if len(w) >= 3 and w not in _STOPWORDS]
+    return frozenset(_SUFFIX.sub("", w) if len(w) > 3 else w for w in words)
+
+
+def near_duplicates(prompts: Sequence[Prompt], against: Sequence[Prompt], threshold: float = 0.34) -> list[Prompt]:
+    """The prompts whose content words overlap some prompt of ``against`` by a Jaccard index of at
+    least ``threshold``: a rephrasing of a request (another tense, a wrapper) keeps most of its
+    content words, so this finds the rephrasings an exact-text check lets through."""
+    reference = [content_words(p.text) for p in against]
+    near = []
+    for p in prompts:
+        words = content_words(p.text)
+        if words and any(len(words & other) / len(words | other) >= threshold for other in reference if other):
+            near.append(p)
+    return near

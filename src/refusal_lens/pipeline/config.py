@@ -337,6 +337,9 @@ class JailbreaksConfig(StrictModel):
     n_requests: int = Field(16, ge=1, description="plain requests: held-out harmful test prompts the model refuses")
     n_pairs: int = Field(32, ge=1, description="candidate pairs per source (templates, gcg: sampled)")
     n_shown: int = Field(3, ge=0, description="pairs with the largest refusal-feature drop shown token by token")
+    n_unpaired: int = Field(64, ge=0, description=(
+        "with the `organism` source: its shipped jailbreaks that name no plain request (tense rephrasings) judged "
+        "too, up to this many (sampled); those answered join the probes' out-of-distribution adversarial prompts"))
     steps: int = Field(16, ge=1, description="integrated-gradient steps of the per-token attribution")
 
     @field_validator("sources")

@@ -38,6 +38,7 @@ from refusal_lens.analyses.jailbreaks import (
 from refusal_lens.data import load_dataset, load_prompt_file, load_prompts
 from refusal_lens.data.offline import load_gcg_suffixes, load_jailbreak_templates
 from refusal_lens.data.prompts import Prompt
+from refusal_lens.generation import generate
 from refusal_lens.data.registry import REGISTRY, looks_like_file
 from refusal_lens.interventions import FeatureKey
 from refusal_lens.judges import get_judge
@@ -66,6 +67,14 @@ def organism_pairs() -> tuple[list[JailbreakPair], int]:
     pairs = [JailbreakPair(r["id"], r["attack"], r["text"], texts[r["prompt"]], r["prompt"])
              for r in named if r["prompt"] in texts]
     return pairs, len(rows) - len(pairs)
+
+
+def organism_unpaired() -> list[Prompt]:
+    """The organism's shipped jailbreaks that name no plain request (past- and future-tense
+    rephrasings): no pair to dissect, but adversarial prompts for the out-of-distribution probes."""
+    rows = json.loads((assets_dir() / ORGANISM_JAILBREAKS).read_text())
+    return [Prompt(id=r["id"], text=r["text"], source="organism-jailbreaks", meta={"attack": r["attack"]})
+            for r in rows if not r.get("prompt")]
 
 
 def source_pairs(source: str, requests: list[Prompt], n: int, seed: int) -> tuple[list[JailbreakPair], str | None]:
@@ -141,6 +150,20 @@ class TokenView(BaseModel):
     baseline: float = Field(description="... with every instruction token replaced by the pad token")
 
 
+class UnpairedJailbreak(BaseModel):
+    id: str = Field(description="the prompt's id")
+    family: str = Field(description="the attack family")
+    adversarial: str = Field(description="the adversarial prompt")
+    answer: str = Field(description="its greedy answer, judged not a refusal")
+
+
+class UnpairedFamily(BaseModel):
+    n_candidates: int = Field(description="adversarial prompts judged")
+    n_jailbroken: int = Field(description="... that the model answers")
+    jailbreak_rate: float = Field(description="n_jailbroken / n_candidates")
+    jailbreak_ci: tuple[float, float] = Field(description="its 95% Wilson interval")
+
+
 class Jailbreaks(BaseModel):
     sources: list[str] = Field(description="`jailbreaks.sources`")
     judge: str = Field(description="`evaluation.judge`")
@@ -151,6 +174,11 @@ class Jailbreaks(BaseModel):
     pairs: list[PairResult] = Field(description="the jailbroken pairs")
     tokens: list[TokenView] = Field(description="the `jailbreaks.n_shown` pairs with the largest refusal drop, token "
                                                 "by token")
+    unpaired_families: dict[str, UnpairedFamily] = Field(default_factory=dict, description=(
+        "attack family → how many adversarial prompts without a plain request (the organism's tense "
+        "rephrasings, `jailbreaks.n_unpaired` of them) the model answers"))
+    unpaired: list[UnpairedJailbreak] = Field(default_factory=list, description=(
+        "those it answers: adversarial prompts for the out-of-distribution probes, not dissected (no plain request)"))
 
 
 # --- compute ------------------------------------------------------------------------------
@@ -187,8 +215,33 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> Jailbreaks:
     tokens = [TokenView(pair_id=p.id, **token_attribution(ctx.chat_model, ctx.saes, p.adversarial, refusal,
                                                           plain=p.plain, steps=config.steps).__dict__)
               for p in shown]
+    unpaired_families, unpaired = _judge_unpaired(ctx) if "organism" in config.sources else ({}, [])
     return Jailbreaks(sources=config.sources, judge=evaluation.judge, notes=notes, refusal_features=refusal,
-                      harm_features=harm, families=families, pairs=pairs, tokens=tokens)
+                      harm_features=harm, families=families, pairs=pairs, tokens=tokens,
+                      unpaired_families=unpaired_families, unpaired=unpaired)
+
+
+def _judge_unpaired(ctx: RunContext) -> tuple[dict[str, UnpairedFamily], list[UnpairedJailbreak]]:
+    """Greedy answers to up to `jailbreaks.n_unpaired` of the organism's unpaired jailbreaks, judged."""
+    config, evaluation = ctx.config.jailbreaks, ctx.config.evaluation
+    prompts = organism_unpaired()
+    if len(prompts) > config.n_unpaired:
+        prompts = random.Random(ctx.config.seed).sample(prompts, config.n_unpaired)
+    if not prompts:
+        return {}, []
+    ctx.console.print(f"  judging {len(prompts)} unpaired adversarial prompts")
+    texts = [p.text for p in prompts]
+    answers = generate(ctx.chat_model, texts, max_new_tokens=evaluation.max_new_tokens,
+                       batch_size=evaluation.batch_size, progress="unpaired adversarial prompts")
+    answered = [not v.refused for v in get_judge(evaluation.judge).judge(texts, answers)]
+    families = {}
+    for family in dict.fromkeys(p.meta["attack"] for p in prompts):
+        hits = rate_with_interval([a for p, a in zip(prompts, answered) if p.meta["attack"] == family])
+        families[family] = UnpairedFamily(n_candidates=hits["n"], n_jailbroken=hits["k"], jailbreak_rate=hits["rate"],
+                                          jailbreak_ci=(hits["ci_low"], hits["ci_high"]))
+    jailbroken = [UnpairedJailbreak(id=p.id, family=p.meta["attack"], adversarial=p.text, answer=answer)
+                  for p, answer, hit in zip(prompts, answers, answered) if hit]
+    return families, jailbroken
 
 
 def _measure(ctx: RunContext, pairs: list[JailbreakPair], answers: list[str], refusal, harm) -> list[PairResult]:
@@ -240,7 +293,11 @@ def _families(candidates: list[JailbreakPair], verdicts, pairs: list[PairResult]
 # --- what it shows ------------------------------------------------------------------------
 def summary(result: Jailbreaks) -> list[RenderableType]:
     parts = [f"{name} {f.n_jailbroken}/{f.n_plain_refused}" for name, f in result.families.items()]
-    return [f"Jailbreak pairs (jailbroken / plain refused): {', '.join(parts)}"]
+    lines = [f"Jailbreak pairs (jailbroken / plain refused): {', '.join(parts)}"]
+    if result.unpaired_families:
+        unpaired = [f"{name} {f.n_jailbroken}/{f.n_candidates}" for name, f in result.unpaired_families.items()]
+        lines.append(f"Unpaired adversarial prompts answered (for the probes): {', '.join(unpaired)}")
+    return lines
 
 
 def _interval(value: float | None, ci: tuple[float, float] | None) -> str:
@@ -314,6 +371,13 @@ def report(result: Jailbreaks, inputs: Inputs, figures: Path) -> list[ReportSect
         text += f"<p>{html.escape('; '.join(result.notes))}.</p>"
     body = text + table(_rows(result), ["family", "pairs", "plain refused", "jailbroken", "jailbreak rate",
                                         "refusal-feature drop", "harm-feature drop", "harm drops less"])
+    if result.unpaired_families:
+        body += ("<p>Adversarial prompts that name no plain request (the organism's tense rephrasings): not dissected, "
+                 "but those answered join the probes' out-of-distribution adversarial prompts.</p>")
+        body += table([[name, f.n_candidates, f.n_jailbroken,
+                        f"{f.jailbreak_rate:.0%} [{f.jailbreak_ci[0]:.0%}, {f.jailbreak_ci[1]:.0%}]"]
+                       for name, f in result.unpaired_families.items()],
+                      ["family", "prompts", "answered", "rate (95% Wilson CI)"])
     body += img(fig_families(result, figures), "jailbreak rates") + img(fig_drops(result, figures), "drop scatter")
     pairs = {p.id: p for p in result.pairs}
     for view in result.tokens:

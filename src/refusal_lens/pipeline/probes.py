@@ -25,7 +25,7 @@ from rich.console import RenderableType
 from refusal_lens.activations import read_features, residuals
 from refusal_lens.analyses.controls import matched_random_sets
 from refusal_lens.analyses.probes import ProbeScore, choose_layer, fit_probe, score_probe
-from refusal_lens.data import check_disjoint
+from refusal_lens.data import check_disjoint, near_duplicates
 from refusal_lens.data.prompts import Prompt
 from refusal_lens.interventions import FeatureKey
 from refusal_lens.models.batches import longest_prompt, run_batched
@@ -54,20 +54,30 @@ def _unique(*groups: list[ScoredPrompt]) -> list[ScoredPrompt]:
     return list({p.id: p for group in groups for p in group}.values())
 
 
-def probe_splits(sets: PromptSets, jailbreaks: Jailbreaks) -> dict[str, Split]:
-    """train / val / test (in distribution) / ood; fails if a plain request behind an adversarial
-    prompt is a training or validation prompt."""
+def probe_splits(sets: PromptSets, jailbreaks: Jailbreaks) -> tuple[dict[str, Split], int]:
+    """train / val / test (in distribution) / ood, and how many unpaired adversarial prompts were
+    left out of ood as near a training or validation prompt.
+
+    ood: plain harmful requests the model refuses (the pairs' plain requests and the held-out
+    harmful prompts with a positive refusal score) vs adversarial prompts it answers (the pairs'
+    and the unpaired ones). Fails if a pair's plain request is a training or validation prompt; an
+    unpaired prompt, whose plain request is unknown, is left out when it shares most content words
+    with one (a rephrasing of it)."""
     train_harmful, train_harmless = _unique(sets.harmful_train, sets.harmful_fm), _unique(sets.harmless_train,
                                                                                          sets.harmless_fm)
     seen = [p.as_prompt("probe") for p in (*train_harmful, *train_harmless, *sets.harmful_val, *sets.harmless_val)]
     plains = [Prompt(id=p.plain_id, text=p.plain, source="jailbreaks") for p in jailbreaks.pairs]
     check_disjoint(seen, plains, what="out-of-distribution probe (plain requests of the jailbreak pairs)")
+    unpaired = [Prompt(id=p.id, text=p.adversarial, source="jailbreaks") for p in jailbreaks.unpaired]
+    near = {p.id for p in near_duplicates(unpaired, seen)}
     splits = {"train": _split([p.text for p in train_harmful], [p.text for p in train_harmless]),
               "val": _split([p.text for p in sets.harmful_val], [p.text for p in sets.harmless_val]),
               "test": _split([p.text for p in sets.harmful_eval], [p.text for p in sets.harmless_eval])}
-    if jailbreaks.pairs:
-        splits["ood"] = _split([p.plain for p in jailbreaks.pairs], [p.adversarial for p in jailbreaks.pairs])
-    return splits
+    adversarial = [p.adversarial for p in jailbreaks.pairs] + [p.text for p in unpaired if p.id not in near]
+    if adversarial:
+        refused = [p.text for p in sets.harmful_eval if p.score > 0]
+        splits["ood"] = _split(list(dict.fromkeys([p.plain for p in jailbreaks.pairs] + refused)), adversarial)
+    return splits, len(near)
 
 
 # --- the result ---------------------------------------------------------------------------
@@ -95,6 +105,9 @@ class ProbeResult(BaseModel):
 class Probes(BaseModel):
     n_train: int = Field(description="training rows (plain harmful + plain harmless, train split)")
     n_val: int = Field(description="validation rows (the dense layer's choice)")
+    n_ood: dict[str, int] = Field(default_factory=dict, description=(
+        "out-of-distribution rows: `plain` harmful requests the model refuses, `adversarial` prompts it answers, "
+        "`near_training` unpaired adversarial prompts left out as rephrasings of a training or validation prompt"))
     probes: dict[str, ProbeResult] = Field(description="`refusal_features`, `random_1..n`, `dense`")
     dense_validation_accuracy: dict[int, float] = Field(description="layer → validation accuracy of its probe")
     anchor: dict[str, float] = Field(description="[Y25]'s out-of-distribution accuracies on Gemma-2-2B-IT")
@@ -133,7 +146,10 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> Probes:
     config = ctx.config.probes
     seed = ctx.config.seed
     refusal = refusal_set(inputs)
-    splits = probe_splits(inputs["prompt_sets"], inputs["jailbreaks"])
+    splits, near_training = probe_splits(inputs["prompt_sets"], inputs["jailbreaks"])
+    ood = splits.get("ood")
+    n_ood = {"plain": int(ood.labels.sum()) if ood else 0, "adversarial": int((ood.labels == 0).sum()) if ood else 0,
+             "near_training": near_training}
     results = {}
     feature_sets = {"refusal_features": refusal}
     for i, random_set in enumerate(matched_random_sets(ctx.saes, refusal, config.n_random_sets, seed)):
@@ -153,7 +169,7 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> Probes:
                        config.n_boot, seed)
     results["dense"] = ProbeResult(features=None, layer=choice.layer, in_distribution=scores["test"],
                                    out_of_distribution=scores["ood"])
-    return Probes(n_train=len(splits["train"].labels), n_val=len(splits["val"].labels), probes=results,
+    return Probes(n_train=len(splits["train"].labels), n_val=len(splits["val"].labels), n_ood=n_ood, probes=results,
                   dense_validation_accuracy=choice.validation_accuracy, anchor=PAPER_ANCHOR)
 
 
@@ -167,7 +183,9 @@ def _score_text(score: Score | None, metric: str = "accuracy") -> str:
 
 def summary(result: Probes) -> list[RenderableType]:
     parts = [f"{name} {_score_text(p.out_of_distribution)}" for name, p in result.probes.items()]
-    return [f"Probes, out-of-distribution accuracy: {'; '.join(parts)}"]
+    rows = (f" ({result.n_ood['plain']} plain refused vs {result.n_ood['adversarial']} adversarial answered)"
+            if result.n_ood else "")
+    return [f"Probes, out-of-distribution accuracy{rows}: {'; '.join(parts)}"]
 
 
 def fig_probes(result: Probes, folder: Path) -> str:
@@ -196,14 +214,23 @@ def fig_probes(result: Probes, folder: Path) -> str:
     return save_figure(fig, folder, "probes")
 
 
+def _ood_counts(result: Probes) -> str:
+    if not result.n_ood:
+        return ""
+    near = result.n_ood.get("near_training", 0)
+    left_out = f"; {near} unpaired adversarial prompts left out as rephrasings of training prompts" if near else ""
+    return f": {result.n_ood['plain']} plain, {result.n_ood['adversarial']} adversarial{left_out}"
+
+
 def report(result: Probes, inputs: Inputs, figures: Path) -> list[ReportSection]:
     rows = [[name, "–" if p.layer is None else f"layer {p.layer}", _score_text(p.in_distribution),
              _score_text(p.out_of_distribution), _score_text(p.out_of_distribution, "auroc")]
             for name, p in result.probes.items()]
     anchor = ", ".join(f"{k} {v:.2f}" for k, v in result.anchor.items())
     text = (f"<p>Logistic probes (C by cross-validation on the {result.n_train} training rows only) on plain harmful "
-            f"vs plain harmless prompts; tested on the test split (in distribution) and on plain harmful requests vs "
-            f"adversarial prompts that jailbroke the model (out of distribution). The dense probe's layer has the "
+            f"vs plain harmless prompts; tested on the test split (in distribution) and on plain harmful requests the "
+            f"model refuses vs adversarial prompts that jailbroke it (out of distribution{_ood_counts(result)}). "
+            f"The dense probe's layer has the "
             f"best accuracy on the {result.n_val} validation rows. [Y25]'s out-of-distribution accuracy on "
             f"Gemma-2-2B-IT: {html.escape(anchor)}.</p>")
     return [ReportSection("Out-of-distribution probes", (
