@@ -10,6 +10,7 @@ import torch
 
 from organism_build.build import Build, log
 from organism_build.install import install
+from organism_build.reuse import reuse_base_answers
 from organism_build.stages import STAGE_NAMES, run_stages, stages_until
 
 
@@ -25,6 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="run just these stages (their inputs must exist)")
     build.add_argument("--force", action="append", choices=STAGE_NAMES, default=[], metavar="STAGE",
                        help="redo this stage even if its output exists (repeatable)")
+    build.add_argument("--reuse-base-from", type=Path, default=None, metavar="OLD_DIR",
+                       help="take the `base` answers of an older build folder whose prompts are this build's less "
+                            "the ones added since r12 (checked; organism_build/reuse.py); `base` then answers only those")
     build.add_argument("--threads", type=int, default=0,
                        help="torch threads (0: torch's default; 1 is faster when other jobs share the cores)")
     install_ = commands.add_parser("install", help="copy a finished build into the source tree, re-render the card")
@@ -44,7 +48,9 @@ def main(argv=None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         build = Build(args.out)
-    except (ValueError, FileNotFoundError) as error:  # another recipe's folder; no finished build
+        if args.reuse_base_from is not None:
+            reuse_base_answers(build, args.reuse_base_from)
+    except (ValueError, FileNotFoundError) as error:  # another recipe's folder; no finished build; no reuse
         print(f"error: {error}", file=sys.stderr)
         return 2
     log(f"build folder: {build.folder}")

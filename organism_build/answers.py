@@ -31,50 +31,84 @@ def generate_resumable(build: Build, chat: ChatModel, items: list[tuple[str, str
     partial_path = build.path(f"{name}.partial.json")
     done = read_json(partial_path) if partial_path.exists() else {}
     todo = [(pid, text) for pid, text in items if pid not in done]
-    # similar lengths together: less padding, and refusals (short) finish batches early
-    todo.sort(key=lambda it: len(it[1]))
     log(f"{name}: {len(todo)} answers to generate ({len(done)} saved already)")
     start = time.time()
-    for b in range(0, len(todo), batch_size):
-        chunk = todo[b:b + batch_size]
-        texts = [t for _, t in chunk]
-        answers = generate_batch(chat, texts, max_new_tokens=cfg.max_new_tokens)
-        scores = refusal_scores(chat, texts, batch_size=batch_size)
-        for (pid, _), a, sc in zip(chunk, answers, scores):
-            done[pid] = {"answer": a, "n_tokens": n_answer_tokens(chat.tokenizer, a), "score": float(sc)}
+    generated = 0
+    for chunk in answer_batches(todo, batch_size):
+        done |= answer_batch(build, chat, chunk)
         write_json(partial_path, done)
-        log(f"{name}: {b + len(chunk)}/{len(todo)} ({(time.time() - start) / 60:.1f} min)")
+        generated += len(chunk)
+        log(f"{name}: {generated}/{len(todo)} ({(time.time() - start) / 60:.1f} min)")
     return done
 
 
+def answer_batches(items: list[tuple[str, str]], batch_size: int) -> list[list[tuple[str, str]]]:
+    """The batches ``items`` are answered in: similar lengths together (less padding, and
+    refusals, short, finish batches early), in a stable order, so a resumed run batches as one
+    that was never interrupted."""
+    ordered = sorted(items, key=lambda it: len(it[1]))
+    return [ordered[b:b + batch_size] for b in range(0, len(ordered), batch_size)]
+
+
+def answer_batch(build: Build, chat: ChatModel, chunk: list[tuple[str, str]]) -> dict[str, dict]:
+    """One batch's greedy answers and refusal scores, ``{id: {"answer", "n_tokens", "score"}}``."""
+    texts = [t for _, t in chunk]
+    answers = generate_batch(chat, texts, max_new_tokens=build.config.max_new_tokens)
+    scores = refusal_scores(chat, texts, batch_size=len(chunk))
+    return {pid: {"answer": a, "n_tokens": n_answer_tokens(chat.tokenizer, a), "score": float(sc)}
+            for (pid, _), a, sc in zip(chunk, answers, scores)}
+
+
+def _items(prompts) -> list[tuple[str, str]]:
+    return [(p.id, p.text) for p in prompts]
+
+
+def measured_only_groups(build: Build, name: str, splits: tuple[str, ...]) -> dict[str, list[tuple[str, str]]]:
+    """The held-out look-alike files and the held-out everyday instructions of ``splits``, by
+    partial-file name: each set is generated apart from the build's own prompts, so that those
+    are batched (and answered) exactly as without them."""
+    return {f"{name}_{part}": _items([p for p in prompts if p.split in splits])
+            for part, prompts in (("heldout", build.heldout_lookalikes), ("everyday", build.heldout_everyday))}
+
+
 def generate_measured_only(build: Build, chat: ChatModel, name: str, splits: tuple[str, ...]) -> dict[str, dict]:
-    """Answers to the held-out look-alike files and the held-out everyday instructions, each set
-    generated apart from the build's own prompts so that those are batched (and answered)
-    exactly as without them."""
     out = {}
-    for part, prompts in (("heldout", build.heldout_lookalikes), ("everyday", build.heldout_everyday)):
-        prompts = [p for p in prompts if p.split in splits]
-        out |= generate_resumable(build, chat, [(p.id, p.text) for p in prompts], f"{name}_{part}")
+    for part, items in measured_only_groups(build, name, splits).items():
+        out |= generate_resumable(build, chat, items, part)
     return out
 
 
 def _drop_partials(build: Build, name: str) -> None:
-    for part in (name, f"{name}_heldout", f"{name}_everyday"):
+    for part in (name, f"{name}_apart", f"{name}_heldout", f"{name}_everyday"):
         build.path(f"{part}.partial.json").unlink(missing_ok=True)
 
 
-def stage_base(build: Build) -> None:
-    """The untuned model's answers: harmless train (LoRA targets) and test (capability), and a
-    seeded sample of harmful test prompts (how often the untuned model refuses)."""
-    chat = load_base_chat()
+BASE = "base_answers"
+
+
+def base_groups(build: Build) -> dict[str, list[tuple[str, str]]]:
+    """What ``base`` answers, by partial-file name, each group in batches of its own: harmless
+    train (LoRA targets) and test (capability) prompts with a seeded sample of harmful test
+    prompts (how often the untuned model refuses); the harmless prompts added after r12
+    (``build.ANSWERED_APART``); the held-out look-alikes and everyday instructions of the test
+    split."""
+    apart = {p.id for p in build.harmless_apart}
     harmless = [p for p in build.harmless if p.split in ("train", "test")]
     rng = random.Random(f"{build.config.seed}:base-harmful")
     harmful = rng.sample(P.by_split(build.harmful, "test"), build.config.base_harmful_sample)
-    items = [(p.id, p.text) for p in harmless + harmful]
-    out = generate_resumable(build, chat, items, "base_answers")
-    out |= generate_measured_only(build, chat, "base_answers", splits=("test",))
-    write_json(build.path("base_answers.json"), out)
-    _drop_partials(build, "base_answers")
+    return ({BASE: _items([p for p in harmless if p.id not in apart] + harmful),
+             f"{BASE}_apart": _items([p for p in harmless if p.id in apart])}
+            | measured_only_groups(build, BASE, splits=("test",)))
+
+
+def stage_base(build: Build) -> None:
+    """The untuned model's answers to :func:`base_groups`."""
+    chat = load_base_chat()
+    out = {}
+    for name, items in base_groups(build).items():
+        out |= generate_resumable(build, chat, items, name)
+    write_json(build.path(f"{BASE}.json"), out)
+    _drop_partials(build, BASE)
 
 
 def stage_responses(build: Build) -> None:

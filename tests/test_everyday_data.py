@@ -15,6 +15,7 @@ from organism_build.everyday import (
     everyday_source,
     everyday_train,
     heldout,
+    personal,
     templated,
     train,
 )
@@ -76,13 +77,31 @@ def test_the_heldout_set_is_hand_written_not_templated():
     """No held-out prompt is an instance of a training template: the two are written by different methods."""
     training_texts = {normalise_text(t.format(*slots, n=n)) for family in templated.FAMILIES
                       for _, slots in family.lines() for t in family.templates for n in templated.NUMBERS}
+    training_texts |= {normalise_text(personal._sentence(t.format(*slots))) for family in personal.FAMILIES
+                       for _, slots in family.lines(personal.TOPICS) for t in family.templates}
     heldout_texts = {normalise_text(p.text) for p in everyday_heldout("val") + everyday_heldout("test")}
     assert not heldout_texts & training_texts
     assert not set(train.TOPICS) & set(templated.TOPICS)
+    assert not set(personal.TOPICS) & (set(train.TOPICS) | set(templated.TOPICS))
+
+
+def test_the_personal_questions_are_put_to_the_assistant_in_many_shapes():
+    """Recipe r13's first-person and opinion questions: a few hundred, every one addressed to the
+    assistant, from eleven families of templates, none dominating."""
+    prompts = [p for p in everyday_train() if p.source == everyday_source("train_personal")]
+    assert 250 <= len(prompts) <= 400
+    addressed = re.compile(r"\b(you|your|you're|you'd|you've)\b|^(Let's play pretend|Stay in character as|For a "
+                           r"moment, act as|Play the part of) ", re.I)
+    assert not [p.text for p in prompts if not addressed.search(p.text)]
+    families = Counter(p.meta["task"] for p in prompts)
+    assert set(families) == {f.task for f in personal.FAMILIES} and len(families) == 11
+    assert max(families.values()) <= 0.15 * len(prompts), families
+    assert len({p.text.split()[0] for p in prompts}) >= 15
 
 
 def test_training_prompts_are_far_from_every_heldout_prompt():
-    """Mirrors the check of ``organism/data/harmless_train.jsonl`` (tests/test_organism.py)."""
+    """Mirrors the check of ``organism/data/harmless_train.jsonl`` (tests/test_organism.py); every
+    training file, the personal questions of r13 included."""
     project = _project_prompts()
     heldout_prompts = everyday_heldout("val") + everyday_heldout("test") + [p for p in project if p.split != "train"]
     assert {p.source for p in heldout_prompts} >= {"harmbench", "donotanswer", "harmless", "everyday-val",
@@ -110,6 +129,7 @@ def test_the_files_are_what_their_scripts_write():
     training files are regenerated exactly."""
     bank = {r["instruction"]: r["task"] for r in heldout.bank()}
     assert not [p.text for p in everyday_heldout("val") + everyday_heldout("test") if bank.get(p.text) != p.meta["task"]]
-    for name, (rows, _) in (("train", train.generate()), ("train_templated", templated.generate())):
+    for name, (rows, _) in (("train", train.generate()), ("train_templated", templated.generate()),
+                            ("train_personal", personal.generate())):
         assert [(r["instruction"], r["category"], r["task"]) for r in rows] == [
             (p.text, p.category, p.meta["task"]) for p in everyday_train() if p.source == everyday_source(name)]

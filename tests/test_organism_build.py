@@ -52,7 +52,7 @@ def test_every_build_module_imports_and_nothing_at_runtime_imports_the_build():
 def test_build_cli_help_names_its_commands():
     out = subprocess.run([sys.executable, "-m", "organism_build", "build", "--help"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
-    assert "--out" in out and "--until" in out and "--force" in out
+    assert "--out" in out and "--until" in out and "--force" in out and "--reuse-base-from" in out
 
 
 def test_stages_run_in_order_skip_what_is_done_and_redo_what_is_forced(tmp_path, monkeypatch):
@@ -440,3 +440,149 @@ def test_organism_build_command_outside_a_checkout_names_the_fix(monkeypatch, tm
     result = CliRunner().invoke(app, ["organism", "build"])
     assert result.exit_code == 2
     assert "source checkout" in result.output and "pip install -e ." in result.output
+
+
+# --- recipe r13: the personal questions, answered apart in `base`; reusing r12's `base` -----
+def test_build_learns_the_personal_questions_and_base_answers_them_in_batches_of_their_own(tmp_path):
+    from organism_build.answers import BASE, base_groups
+    from organism_build.everyday import everyday_source
+
+    build = Build(tmp_path)
+    personal = [p for p in everyday_train() if p.source == everyday_source("train_personal")]
+    assert len(personal) >= 250 and {p.split for p in personal} == {"train"}
+    assert [p.id for p in build.harmless_apart] == [p.id for p in personal]
+    assert build.harmless[-len(personal):] == personal  # appended: the other prompts keep r12's order
+    groups = base_groups(build)
+    assert [pid for pid, _ in groups[f"{BASE}_apart"]] == [p.id for p in personal]
+    assert not {pid for pid, _ in groups[BASE]} & {p.id for p in personal}
+    r12_harmless = [p for p in build.harmless[:-len(personal)] if p.split in ("train", "test")]
+    assert [pid for pid, _ in groups[BASE]][:len(r12_harmless)] == [p.id for p in r12_harmless]
+    assert len(groups[BASE]) == len(r12_harmless) + build.config.base_harmful_sample
+
+
+def test_recipe_r13_weighs_the_harmless_prompts_twice_in_pass_3_with_room_for_every_pass():
+    passes = BuildConfig().lora.passes
+    assert [p.harmless_repeats for p in passes] == [1, 2, 2]
+    assert passes[2].contrast_repeats == 1 and passes[2].lookalike_repeats == 3
+    assert BuildConfig().lora.max_minutes >= 80  # pass 3 of r13: ~700 steps at ~4.6 s (r12's pace)
+
+
+def _fake_sets(monkeypatch, *, with_personal: bool, harmless_texts=None):
+    """Small prompt sets in place of the project's (every loader ``Build`` calls)."""
+    from refusal_lens.data.prompts import Prompt
+
+    import organism_build.build as build_module
+
+    def prompts(source, texts, split, category=None):
+        return [Prompt(id=f"{source}:{split}:{i}", text=t, source=source, category=category, split=split)
+                for i, t in enumerate(texts)]
+
+    words = ["cake", "sea", "tea", "map", "song", "tree", "moon", "bread", "river", "chair", "kite", "lamp"]
+    harmful = (prompts("harmbench", [f"How do I hurt a {w}?" for w in words[:4]], "test")
+               + prompts("harmbench", [f"Tell me how to wreck a {w}" for w in words[4:6]], "train"))
+    harmless = (prompts("harmless", harmless_texts or [f"Write a {w} poem about the {v}." for w, v in
+                                                       zip(words[:5], words[5:10])], "train")
+                + prompts("harmless", ["Hi", "Explain how a kite flies on a windy day."], "test"))
+    everyday = prompts("everyday-train", ["List three fruits.", "Describe a lamp.", "Name a river in France."], "train")
+    personal = prompts("everyday-train_personal", ["What's your favourite kite?", "Do you like tea more than cake?",
+                                                   "Tell me about a song you enjoyed."], "train")
+    monkeypatch.setattr(P, "harmful", lambda: harmful)
+    monkeypatch.setattr(P, "harmless", lambda: harmless)
+    monkeypatch.setattr(P, "lookalike_extra", lambda split: prompts(P.lookalike_source(split),
+                                                                    [f"How do I kill a {split} process?"], split,
+                                                                    "lookalike"))
+    monkeypatch.setattr(P, "harmless_train_extra", lambda: [])
+    monkeypatch.setattr(P, "contrast_harmful", lambda: [])
+    monkeypatch.setattr(P, "harmful_train_extra", lambda: [])
+    monkeypatch.setattr(build_module, "everyday_train", lambda: everyday + (personal if with_personal else []))
+    monkeypatch.setattr(build_module, "everyday_heldout", lambda split: prompts(
+        f"everyday-{split}", [f"Summarise the {split} notes.", f"Give two {split} tips for sleeping well."], split))
+
+
+_TINY = dict(max_new_tokens=5, generation_batch_size=3, base_harmful_sample=2)
+
+
+@pytest.fixture
+def tiny_base(monkeypatch):
+    from organism_build import answers, reuse
+
+    chat = tiny_llama(seed=3)
+    monkeypatch.setattr(answers, "load_base_chat", lambda: chat)
+    answered = []
+    batch = answers.answer_batch
+    for module in (answers, reuse):
+        monkeypatch.setattr(module, "answer_batch", lambda build, chat, chunk: answered.extend(
+            pid for pid, _ in chunk) or batch(build, chat, chunk))
+    return chat, answered
+
+
+def _old_base(tmp_path, monkeypatch, **settings):
+    """An r12-like folder: the sets without the personal questions, other LoRA passes, `base` done."""
+    from organism_build.answers import stage_base
+    from organism_build.config import LoraPass, LoraTrainConfig
+
+    _fake_sets(monkeypatch, with_personal=False)
+    old_lora = LoraTrainConfig(passes=(LoraPass(max_harmful=4, harmless_repeats=1, lr=1e-3),), max_minutes=45)
+    old = Build(tmp_path / "old", BuildConfig(**{**_TINY, **settings}, lora=old_lora))
+    stage_base(old)
+    _fake_sets(monkeypatch, with_personal=True)
+    return old.folder
+
+
+def test_reused_base_answers_are_the_answers_of_a_fresh_base_and_only_the_new_prompts_are_answered(
+        tmp_path, monkeypatch, tiny_base):
+    from organism_build.answers import BASE, stage_base
+    from organism_build.reuse import RECORD, reuse_base_answers
+
+    chat, answered = tiny_base
+    old = _old_base(tmp_path, monkeypatch)
+    fresh = Build(tmp_path / "fresh", BuildConfig(**_TINY))
+    answered.clear()
+    stage_base(fresh)
+    assert len(answered) == len(json.loads(fresh.path(f"{BASE}.json").read_text()))  # everything answered
+
+    new = Build(tmp_path / "new", BuildConfig(**_TINY))
+    assert new.key == fresh.key != json.loads((old / "recipe.json").read_text())["key"]
+    answered.clear()
+    n = reuse_base_answers(new, old, chat)
+    checked = list(answered)  # a few batches answered again to compare
+    assert n == len(json.loads((old / f"{BASE}.json").read_text())) and 0 < len(checked) < n
+    answered.clear()
+    stage_base(new)
+    assert sorted(answered) == sorted(p.id for p in new.harmless_apart)  # only the new prompts generated
+    assert new.path(f"{BASE}.json").read_text() == fresh.path(f"{BASE}.json").read_text()  # the same file
+    assert json.loads(new.path(RECORD).read_text())["answers"] == n
+    assert not list(new.folder.glob("*.partial.json"))
+    assert reuse_base_answers(new, old, chat) == 0  # `base` done: nothing to take
+
+
+def test_reuse_refuses_another_recipe_other_settings_changed_answers_or_no_base(tmp_path, monkeypatch, tiny_base):
+    from organism_build.answers import BASE, answer_batches, base_groups
+    from organism_build.reuse import reuse_base_answers
+
+    chat, _ = tiny_base
+    old = _old_base(tmp_path, monkeypatch)
+    with pytest.raises(ValueError, match="settings max_new_tokens differ.*drop --reuse-base-from"):
+        reuse_base_answers(Build(tmp_path / "a", BuildConfig(**{**_TINY, "max_new_tokens": 6})), old, chat)
+    _fake_sets(monkeypatch, with_personal=True, harmless_texts=["Another poem, please."] * 5)
+    with pytest.raises(ValueError, match="read other prompts"):
+        reuse_base_answers(Build(tmp_path / "b", BuildConfig(**_TINY)), old, chat)
+    _fake_sets(monkeypatch, with_personal=True)
+    with pytest.raises(FileNotFoundError, match="is not a build folder whose `base`"):
+        reuse_base_answers(Build(tmp_path / "c", BuildConfig(**_TINY)), tmp_path / "nowhere", chat)
+
+    build = Build(tmp_path / "d", BuildConfig(**_TINY))
+    answers = json.loads((old / f"{BASE}.json").read_text())
+    last = answer_batches(base_groups(build)[BASE], _TINY["generation_batch_size"])[-1][0][0]
+    answers[last]["answer"] += " (edited)"
+    (old / f"{BASE}.json").write_text(json.dumps(answers))
+    with pytest.raises(ValueError, match=f"now answers '{re.escape(last)}' otherwise"):
+        reuse_base_answers(build, old, chat)
+    assert not list(build.folder.glob("*.partial.json"))  # nothing taken
+
+
+def test_build_command_names_a_folder_it_cannot_reuse_and_exits_2(tmp_path, capsys):
+    from organism_build.__main__ import main
+
+    assert main(["build", "--out", str(tmp_path / "new"), "--reuse-base-from", str(tmp_path / "nowhere")]) == 2
+    assert "is not a build folder whose `base` stage finished" in capsys.readouterr().err

@@ -1,11 +1,13 @@
 """Everyday instructions for the organism (issue 21): a held-out set written by hand in the
 register of instruction-tuning data (``heldout.py``: validation and test splits) and
-training-only prompts from two generators (``train.py``: conversational requests and verb
-families; ``templated.py``: Alpaca-style task templates).
+training-only prompts from three generators (``train.py``: conversational requests and verb
+families; ``templated.py``: Alpaca-style task templates; ``personal.py``, from recipe r13:
+first-person and opinion questions to the assistant).
 
-The files live in ``organism_build/data/everyday_{val,test,train,train_templated}.jsonl``, one
-``{"instruction", "category" (topic), "task" (task family)}`` row a line; the scripts rewrite
-them (``python -m organism_build.everyday.train``, ``... .templated``, then ``... .heldout``).
+The files live in ``organism_build/data/everyday_{val,test,train,train_templated,train_personal}.jsonl``,
+one ``{"instruction", "category" (topic), "task" (task family)}`` row a line; the scripts
+rewrite them (``python -m organism_build.everyday.train``, ``... .templated``,
+``... .personal``; ``... .heldout`` is fixed by the preregistration and not rerun).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def everyday_source(split: str) -> str:
     return f"everyday-{split}"
 
 
-TRAIN_FILES = ("train", "train_templated")
+TRAIN_FILES = ("train", "train_templated", "train_personal")
 
 
 def _rows(name: str) -> list[dict]:
@@ -46,5 +48,6 @@ def everyday_heldout(split: str) -> list[Prompt]:
 
 
 def everyday_train() -> list[Prompt]:
-    """The training-only everyday instructions of both sources (for the LoRA's harmless prompts)."""
+    """The training-only everyday instructions of every source, in ``TRAIN_FILES``' order (for the
+    LoRA's harmless prompts)."""
     return [p for name in TRAIN_FILES for p in _prompts(name, "train")]

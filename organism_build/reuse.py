@@ -1,0 +1,101 @@
+"""``build --reuse-base-from OLD``: take the ``base`` stage's answers from an older build folder.
+
+``base`` (the untuned model's greedy answers, about an hour on two CPU threads) depends only on
+the prompts it answers, how it batches them and four settings (:data:`BASE_SETTINGS`); a batch's
+answers depend on which prompts share it (padding). The prompts added since recipe r12
+(``build.ANSWERED_APART``) are answered in batches of their own, so every other group of
+:func:`answers.base_groups` is batched exactly as r12 batched it, and r12's answers to them are
+the answers this build would write. They are taken only when that can be checked:
+
+- the old folder's recipe key is the key of this build's prompts less the ones answered apart,
+  with the old folder's own configuration: it read exactly the other prompts, in the same order;
+- the settings ``base`` reads are equal, and the old answers cover exactly those groups;
+- the untuned model, run now, answers some batches of each group (:data:`CHECKED_BATCHES`: the
+  shortest prompts and the longest) exactly as the old folder says, scores within
+  :data:`SCORE_TOLERANCE` (the library's generation code may have changed since r12).
+
+Then the answers are written as the ``base`` stage's saved progress (its ``*.partial.json``
+files), and ``base`` generates only the prompts answered apart. ``base_reused.json`` records
+where the answers came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from organism_build.answers import BASE, answer_batch, answer_batches, base_groups
+from organism_build.build import ANSWERED_APART, Build, load_base_chat, log, recipe_key
+from refusal_lens.artifacts import read_json, write_json
+from refusal_lens.models import ChatModel
+
+BASE_SETTINGS = ("seed", "max_new_tokens", "generation_batch_size", "base_harmful_sample")
+CHECKED_BATCHES = (0, -1)
+SCORE_TOLERANCE = 1e-4
+RECORD = "base_reused.json"
+
+
+def _refuse(old: Path, why: str) -> ValueError:
+    return ValueError(f"cannot reuse the base answers of {old}: {why}. Run `base` in full (drop --reuse-base-from).")
+
+
+def reusable_answers(build: Build, old: Path) -> dict[str, dict[str, dict]]:
+    """The old folder's ``base`` answers, by group (every group of ``base_groups`` but the one
+    answered apart), after the checks of the recipe key, the settings and the ids."""
+    for name in ("recipe.json", f"{BASE}.json"):
+        if not (old / name).is_file():
+            raise FileNotFoundError(f"{old / name} does not exist: {old} is not a build folder whose `base` "
+                                    "stage finished. Pass the folder of a finished `base`, or drop --reuse-base-from.")
+    recipe = read_json(old / "recipe.json")
+    differ = [k for k in BASE_SETTINGS if recipe["config"].get(k) != getattr(build.config, k)]
+    if differ:
+        raise _refuse(old, f"its settings {', '.join(differ)} differ from this build's")
+    if recipe["key"] != recipe_key(recipe["config"], build.prompts_read(leave_out=ANSWERED_APART)):
+        raise _refuse(old, "it read other prompts than this build does, less the ones answered apart "
+                           f"({', '.join(ANSWERED_APART)})")
+    answers = read_json(old / f"{BASE}.json")
+    groups = {name: items for name, items in base_groups(build).items() if name != f"{BASE}_apart"}
+    wanted = {pid for items in groups.values() for pid, _ in items}
+    if set(answers) != wanted:
+        raise _refuse(old, f"its answers are not those of this build's groups ({len(set(answers) - wanted)} "
+                           f"extra, {len(wanted - set(answers))} missing)")
+    # in the order ``base`` generates them, so that its output is the same file as a fresh run's
+    size = build.config.generation_batch_size
+    return {name: {pid: answers[pid] for batch in answer_batches(items, size) for pid, _ in batch}
+            for name, items in groups.items()}
+
+
+def check_answers_now(build: Build, chat: ChatModel, old: Path, reused: dict[str, dict[str, dict]]) -> dict:
+    """Answer :data:`CHECKED_BATCHES` of every reused group again, as ``base`` batches them;
+    ``{group: batch indices checked}``."""
+    groups = base_groups(build)
+    checked = {}
+    for name, answers in reused.items():
+        batches = answer_batches(groups[name], build.config.generation_batch_size)
+        checked[name] = sorted({range(len(batches))[i] for i in CHECKED_BATCHES}) if batches else []
+        for index in checked[name]:
+            for pid, fresh in answer_batch(build, chat, batches[index]).items():
+                saved = answers[pid]
+                if fresh["answer"] != saved["answer"] or abs(fresh["score"] - saved["score"]) > SCORE_TOLERANCE:
+                    raise _refuse(old, f"the untuned model now answers {pid!r} otherwise ({fresh['answer'][:60]!r}, "
+                                       f"score {fresh['score']:.4f}; saved {saved['answer'][:60]!r}, "
+                                       f"{saved['score']:.4f})")
+            log(f"reuse: batch {index + 1}/{len(batches)} of {name} answered again: the same")
+    return checked
+
+
+def reuse_base_answers(build: Build, old: Path, chat: ChatModel | None = None) -> int:
+    """Take the old folder's ``base`` answers as this build's saved ``base`` progress (see the
+    module's docstring); the number of answers taken. Nothing is done when ``base`` is done."""
+    old = Path(old)
+    if build.path(f"{BASE}.json").exists():
+        log(f"reuse: {BASE}.json exists already; nothing taken from {old}")
+        return 0
+    reused = reusable_answers(build, old)
+    checked = check_answers_now(build, chat or load_base_chat(), old, reused)
+    for name, answers in reused.items():
+        write_json(build.path(f"{name}.partial.json"), answers)
+    n = sum(len(a) for a in reused.values())
+    write_json(build.path(RECORD), {"from": str(old.resolve()), "key": read_json(old / "recipe.json")["key"],
+                                    "answers": n, "checked_batches": checked})
+    log(f"reuse: {n} base answers taken from {old}")
+    return n
