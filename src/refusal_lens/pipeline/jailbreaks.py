@@ -327,7 +327,7 @@ def fig_drops(result: Jailbreaks, folder: Path) -> str | None:
     ax.set_xlabel("relative drop of the harm features")
     ax.set_ylabel("relative drop of the refusal features")
     ax.legend(fontsize=7)
-    ax.set_title("Jailbroken pairs: above the diagonal, the refusal drops more than the harm")
+    ax.set_title("Jailbroken pairs: above the diagonal,\nthe refusal drops more than the harm", fontsize=10)
     return save_figure(fig, folder, "jailbreak_drops")
 
 
