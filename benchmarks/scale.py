@@ -242,9 +242,10 @@ def decode_case(chat, saes, features, args, device, log, out_dir: Path | None, s
         step = min(r["step_s"][1:])  # the first call was the warm-up
         out[name] = {"step_ms": step * 1e3, "plain_over_this": plain / step,
                      "extra_us_per_layer": (step - plain) / chat.n_layers * 1e6}
-    ref = results["edited_eager"]["last_logits"]
-    out["graphs_raised_vs_eager_max_abs_logit_diff"] = float((results["edited_graphs_raised"]["last_logits"]
-                                                              - ref).abs().max())
+    ref, graphed = results["edited_eager"]["last_logits"], results["edited_graphs_raised"]["last_logits"]
+    # equal entries count 0 (the masked logits are -inf in both)
+    out["graphs_raised_vs_eager_max_abs_logit_diff"] = float(torch.where(graphed == ref, 0.0,
+                                                                         (graphed - ref).abs()).max())
     log("decode steps at " + f"{args.decode_rows} rows: " + ", ".join(
         f"{n} {out[n]['step_ms']:.1f} ms" for n in variants))
     edited = edit()
