@@ -15,6 +15,11 @@ answers decode to text. Cases, per shape:
                call, measuring included, is reported apart), and plain against the intervention
                at the automatic batch. Issue 27's goals (Gemma shape): the automatic batch >= 4x
                batch 32's tokens/s, the intervention >= 0.85x plain at that batch.
+  decode       where an edited decode step's extra time goes, at ``--decode-rows`` rows: decode
+               steps plain, with hooks that do nothing, and under the edit of the generation case
+               eager, with CUDA graphs at the library's input limit and with the limit raised;
+               torch.profiler tables of decode steps and of one ``generate`` (8 new tokens), plain
+               and edited, in ``$OUT/profile_decode_<shape>.txt``.
   evaluation   what the evaluation stage does for 8 methods x ``--eval-prompts`` held-out prompts:
                refusal scores, greedy answers, the substring judge, and the capability cost of
                each method on ``--capability-prompts`` harmless prompts; wall time at the
@@ -31,7 +36,7 @@ answers decode to text. Cases, per shape:
                are half the vocabulary (so about half the prompts score above 0 and count as
                refused), the search's first step counts every prompt as flipped by ablating all
                candidates, its later tests are decided by ``--search-decisions`` (``coin``: a
-               seeded coin, ``reject``: every test rejected, the most lock-steps the search can
+               seeded coin accepting with ``--accept-probability``, ``reject``: every test rejected, the most lock-steps the search can
                take, ``accept``: the fewest), and the jailbreak stage's judge (which still runs)
                counts every plain request as refused and every adversarial prompt as answered.
 
@@ -45,6 +50,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -65,21 +71,32 @@ GEN_GOAL, EDIT_GOAL = 4.0, 0.85
 
 
 class RowCounter:
-    """Rows through the model's forward: in generation, one new token a row a call."""
+    """Rows through the model's forward: in generation, one new token a row a call. ``starts``:
+    when each call began on the host (generation waits for each step's token, so the gaps
+    between calls are the steps' times)."""
 
     def __init__(self, chat_model):
         self.rows = 0
         self.calls = 0
+        self.starts: list[float] = []
 
         def count(_module, args, kwargs):
             tensor = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
             self.rows += int(tensor.shape[0]) if tensor is not None else 0
             self.calls += 1
+            self.starts.append(time.perf_counter())
 
         self.handle = chat_model.model.register_forward_pre_hook(count, with_kwargs=True)
 
     def reset(self) -> None:
         self.rows = self.calls = 0
+        self.starts = []
+
+    def step_ms(self) -> dict:
+        """The first call (the prefill, to the second call's start) and the median decode step."""
+        gaps = [(b - a) * 1e3 for a, b in zip(self.starts, self.starts[1:])]
+        return {"first_call_ms": gaps[0] if gaps else None,
+                "median_step_ms": statistics.median(gaps[1:]) if len(gaps) > 1 else None}
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -141,7 +158,7 @@ def generation_case(chat, saes, features, args, device, log) -> dict:
         wall = timed(lambda: generate(chat, texts, max_new_tokens=args.new_tokens, batch_size=batch_size,
                                       interventions=interventions), device)
         return {"batch_size": batch_size, "wall_s": wall, "new_tokens": counter.rows, "forward_calls": counter.calls,
-                "tokens_per_s": counter.rows / wall, "peak_gib": peak_gib(device)}
+                "tokens_per_s": counter.rows / wall, "peak_gib": peak_gib(device), **counter.step_ms()}
 
     try:
         generate(chat, prompts[:4], max_new_tokens=2, batch_size=4, interventions=edit)  # warm-up
@@ -152,8 +169,11 @@ def generation_case(chat, saes, features, args, device, log) -> dict:
         out["auto_first_call_edited"] = run(None, edit)  # measures the size, then uses it
         size = known_size(batch_key(chat, "generate", longest_prompt(chat, prompts, args.new_tokens)))
         out["auto_batch_size"] = size
-        out["auto_edited"] = run(None, edit)
-        out["auto_plain"] = run(size, [])
+        # edited and plain take turns (order effects show up as a spread); the fastest of each counts
+        runs = [(run(None, edit), run(size, [])) for _ in range(args.gen_reps)]
+        out["auto_edited_reps"], out["auto_plain_reps"] = [r[0] for r in runs], [r[1] for r in runs]
+        out["auto_edited"] = min(out["auto_edited_reps"], key=lambda r: r["wall_s"])
+        out["auto_plain"] = min(out["auto_plain_reps"], key=lambda r: r["wall_s"])
     finally:
         counter.handle.remove()
     out["auto_vs_batch32"] = out["auto_edited"]["tokens_per_s"] / out["batch32_edited"]["tokens_per_s"]
@@ -161,6 +181,84 @@ def generation_case(chat, saes, features, args, device, log) -> dict:
     log(f"generation: batch 32 {out['batch32_edited']['tokens_per_s']:.0f} tok/s, automatic batch {size} "
         f"{out['auto_edited']['tokens_per_s']:.0f} tok/s ({out['auto_vs_batch32']:.2f}x); plain at that batch "
         f"{out['auto_plain']['tokens_per_s']:.0f} tok/s (edited {out['edited_vs_plain_at_auto']:.2f}x)")
+    return out
+
+
+def profile_tables(fns: dict[str, Callable[[], object]], device: torch.device, tag: str) -> tuple[dict, str]:
+    """One torch.profiler run of each function (after one unprofiled call): wall, device time and
+    kernels, and its top operations by device time and by host time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    summary, tables = {}, []
+    for name, fn in fns.items():
+        fn()
+        synchronize(device)
+        with profile(activities=activities) as prof:
+            wall = timed(fn, device)
+        events = prof.key_averages()
+        on_device = [e for e in events if e.device_type == DeviceType.CUDA]
+        summary[name] = {"wall_ms": wall * 1e3, "device_ms": sum(e.self_device_time_total for e in on_device) / 1e3,
+                         "kernels": sum(e.count for e in on_device)}
+        for sort in (["self_cuda_time_total"] if device.type == "cuda" else []) + ["self_cpu_time_total"]:
+            tables.append(f"=== {tag} {name} (by {sort}): {summary[name]}\n"
+                          + events.table(sort_by=sort, row_limit=25, max_name_column_width=70))
+    return summary, "\n\n".join(tables)
+
+
+def decode_case(chat, saes, features, args, device, log, out_dir: Path | None, shape_name: str) -> dict:
+    """Where the edited decode step's extra time goes at ``--decode-rows`` rows: decode steps plain,
+    with hooks that do nothing, and under the feature edit eager, with the library's defaults
+    (CUDA graphs for inputs up to ``cuda_graph_max_bytes``) and with that limit raised; then
+    torch.profiler tables of ``--decode-steps`` decode steps and of one ``generate`` (8 new tokens),
+    plain and edited (``$OUT/profile_decode_<shape>.txt``)."""
+    from benchmarks.run import HookProbe, decode_steps_fn, interleaved
+    from refusal_lens.activations import model_inputs
+    from refusal_lens.generation import generate_batch
+    from refusal_lens.interventions import FeatureIntervention
+
+    prompts = synthetic_prompts(chat, args.decode_rows, args.tokens, 0, "gen")
+    batch = model_inputs(chat.tokenize(prompts, max_new_tokens=args.decode_steps + 2))
+
+    def edit(graphs: bool = True, limit: int | None = None) -> FeatureIntervention:
+        intervention = FeatureIntervention(saes, features)
+        intervention.use_cuda_graphs = graphs
+        if limit is not None:
+            intervention.cuda_graph_max_bytes = limit
+        return intervention
+
+    step_bytes = args.decode_rows * chat.d_model * torch.empty((), dtype=chat.dtype).element_size()
+    variants = {"plain": [], "noop_hooks": [HookProbe("noop")], "edited_eager": [edit(graphs=False)],
+                "edited_default": [edit()], "edited_graphs_raised": [edit(limit=max(64 << 20, 2 * step_bytes))]}
+    results: dict[str, dict] = {name: {} for name in variants}
+    fns = {name: decode_steps_fn(chat, batch, args.decode_steps, ivs, device, results[name])
+           for name, ivs in variants.items()}
+    interleaved(fns, reps=args.decode_reps, warmup=1, device=device)
+    out: dict = {"rows": args.decode_rows, "steps_a_call": args.decode_steps, "step_input_bytes": step_bytes,
+                 "default_graph_limit_bytes": FeatureIntervention.cuda_graph_max_bytes}
+    plain = min(results["plain"]["step_s"][1:])
+    for name, r in results.items():
+        step = min(r["step_s"][1:])  # the first call was the warm-up
+        out[name] = {"step_ms": step * 1e3, "plain_over_this": plain / step,
+                     "extra_us_per_layer": (step - plain) / chat.n_layers * 1e6}
+    ref, graphed = results["edited_eager"]["last_logits"], results["edited_graphs_raised"]["last_logits"]
+    # equal entries count 0 (the masked logits are -inf in both)
+    out["graphs_raised_vs_eager_max_abs_logit_diff"] = float(torch.where(graphed == ref, 0.0,
+                                                                         (graphed - ref).abs()).max())
+    log("decode steps at " + f"{args.decode_rows} rows: " + ", ".join(
+        f"{n} {out[n]['step_ms']:.1f} ms" for n in variants))
+    edited = edit()
+    gen = {"plain": lambda: generate_batch(chat, prompts, max_new_tokens=8),
+           "edited": lambda: generate_batch(chat, prompts, max_new_tokens=8, interventions=[edited])}
+    out["profile_decode"], decode_tables = profile_tables(
+        {"plain": fns["plain"], "edited_default": fns["edited_default"]}, device,
+        f"{shape_name} {args.decode_steps} decode steps at {args.decode_rows} rows")
+    out["profile_generate"], gen_tables = profile_tables(gen, device, f"{shape_name} generate, {args.decode_rows} "
+                                                                      "rows x 8 new tokens")
+    log(f"profiled: decode {out['profile_decode']}, generate {out['profile_generate']}")
+    if out_dir is not None:
+        (out_dir / f"profile_decode_{shape_name}.txt").write_text(decode_tables + "\n\n" + gen_tables)
     return out
 
 
@@ -219,9 +317,12 @@ FAMILIES = {"novelist": "As a novelist writing a thriller, {}", "roleplay": "You
 
 
 @contextmanager
-def forced_refusal(chat, decisions: str, plain_requests: set[str], seed: int = 0):
+def forced_refusal(chat, decisions: str, plain_requests: set[str], seed: int = 0, accept_probability: float = 0.5,
+                   steps_log: Path | None = None):
     """What random weights cannot give, forced (module doc): refusal tokens, the search's decisions,
-    the jailbreak stage's verdicts."""
+    the jailbreak stage's verdicts. ``steps_log``: a JSON line a search lock-step is appended to
+    (rows, seconds since the process's first lock-step), so a search measured over several calls
+    keeps every call's steps."""
     from refusal_lens.judges import Verdict
     from refusal_lens.pipeline import jailbreaks, search
 
@@ -243,11 +344,15 @@ def forced_refusal(chat, decisions: str, plain_requests: set[str], seed: int = 0
             elif self._lock_steps % 10 == 0:  # a run cut short still says how far the search got
                 print(f"  search: lock-step {self._lock_steps}, {len(pairs)} rows, "
                       f"{time.perf_counter() - self._started:.0f} s since the first", flush=True)
+            if steps_log is not None:  # after the step's scores reached the host: its work is done
+                with steps_log.open("a") as f:
+                    f.write(json.dumps({"step": self._lock_steps, "rows": len(pairs), "pid": os.getpid(),
+                                        "s": time.perf_counter() - self._started, "time": time.time()}) + "\n")
         return scores, probs
 
     def decided(track, result, tau, kl=None):
         accept = {"accept": True, "reject": False}.get(decisions)
-        return (rng.random() < 0.5 if accept is None else accept), track.p_refusal
+        return (rng.random() < accept_probability if accept is None else accept), track.p_refusal
 
     class PlainRefusedJudge:
         """The run's judge runs (its time counts); its verdicts are replaced: plain requests refused,
@@ -265,7 +370,8 @@ def forced_refusal(chat, decisions: str, plain_requests: set[str], seed: int = 0
     try:
         yield {"refusal_tokens": f"every other token id of {vocabulary} (half the vocabulary)",
                "search_first_step": "every prompt counted as flipped by ablating all candidates",
-               "search_tests": {"coin": "accepted on a seeded coin toss", "reject": "every test rejected (worst case)",
+               "search_tests": {"coin": f"accepted on a seeded coin toss with probability {accept_probability:g}",
+                                "reject": "every test rejected (worst case)",
                                 "accept": "every test accepted (best case)"}[decisions],
                "jailbreak_verdicts": "the judge runs, then every plain request counts as refused and every "
                                      "adversarial prompt as answered: every candidate pair is a jailbreak"}
@@ -325,7 +431,8 @@ def pipeline_case(chat, saes, args, device, log, out_dir: Path | None) -> dict:
     done_before = sorted(p.parent.name.split("-")[0] for p in (work / "run" / "stages").glob("*/done.json"))
     started = time.perf_counter()
     reset_peak(device)
-    with forced_refusal(chat, args.search_decisions, plain) as forced:
+    with forced_refusal(chat, args.search_decisions, plain, accept_probability=args.accept_probability,
+                        steps_log=work / "lock_steps.jsonl") as forced:
         results = run_pipeline(config, work / "run", until=until, chat_model=chat, saes=saes)
     wall = time.perf_counter() - started
     saved = read_json(work / "run" / "results.json")
@@ -386,6 +493,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--features-per-layer", type=int, default=50)
     p.add_argument("--target-l0", type=float, default=64)
     p.add_argument("--gen-prompts", type=int, default=1024)
+    p.add_argument("--gen-reps", type=int, default=2, help="generation case: automatic-batch runs of edited and "
+                   "plain, taking turns")
+    p.add_argument("--decode-rows", type=int, default=1024, help="decode case: rows a decode step")
+    p.add_argument("--decode-steps", type=int, default=8, help="decode case: decode steps a timed call")
+    p.add_argument("--decode-reps", type=int, default=3, help="decode case: timed calls of each variant")
     p.add_argument("--batch32-prompts", type=int, default=128, help="batch 32 runs on the first N prompts (its "
                    "tokens/s is that of one batch of 32, repeated)")
     p.add_argument("--eval-batch-sizes", default="auto", help="evaluation case: comma-separated, auto and/or batchN")
@@ -397,6 +509,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=20, help="candidates.top_k (per SAE layer)")
     p.add_argument("--seeds", type=int, default=3, help="search seeds")
     p.add_argument("--search-decisions", choices=("coin", "reject", "accept"), default="coin")
+    p.add_argument("--accept-probability", type=float, default=0.5, help="coin: the chance a test is accepted")
     p.add_argument("--until", default=None, help="pipeline case: the last stage run (default: every stage)")
     p.add_argument("--run-dir", default=None, help="pipeline case: the run folder, kept; a second call with the "
                    "same arguments reuses the stages done (default: a new temporary folder)")
@@ -426,6 +539,9 @@ def run_shape(shape, args, device: torch.device, dtype: torch.dtype, out_dir: Pa
                                 "total": torch.cuda.get_device_properties(device).total_memory / GiB}
     log("model and SAEs built")
     features = random_features(shape.n_layers, shape.sae_width, args.features_per_layer, gen)
+    if "decode" in args.cases:
+        result["decode"] = decode_case(chat, saes, features, args, device, log, out_dir, shape.name)
+        save()
     if "generation" in args.cases:
         result["generation"] = generation_case(chat, saes, features, args, device, log)
         save()

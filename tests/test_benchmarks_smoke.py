@@ -66,7 +66,9 @@ def test_shim_jumprelu_matches_sae_lens():
 
 SCALE_TINY = ["--shapes", "tiny-llama", "--device", "cpu", "--tokens", "24", "--new-tokens", "3",
               "--features-per-layer", "8", "--gen-prompts", "40", "--eval-prompts", "6", "--capability-prompts", "3",
-              "--search-prompts", "3", "--train-prompts", "12", "--fm-prompts", "6", "--top-k", "4", "--seeds", "1"]
+              "--search-prompts", "3", "--train-prompts", "12", "--fm-prompts", "6", "--top-k", "4", "--seeds", "1",
+              "--cases", "decode,generation,evaluation,pipeline", "--decode-rows", "4", "--decode-steps", "2",
+              "--decode-reps", "1"]
 
 
 def test_scale_benchmark_runs_every_case_on_a_tiny_shape(tmp_path, capsys, one_thread):
@@ -81,12 +83,25 @@ def test_scale_benchmark_runs_every_case_on_a_tiny_shape(tmp_path, capsys, one_t
     assert generation["batch32_edited"]["new_tokens"] == 40 * 3 == generation["auto_edited"]["new_tokens"]
     assert generation["batch32_edited"]["forward_calls"] == 2 * 3  # 40 prompts: batches of 32 + 8, 3 steps each
     assert generation["auto_edited"]["forward_calls"] == 3 * 3     # the CPU's 16: 16 + 16 + 8
+    reps = generation["auto_edited_reps"]                          # edited and plain took turns, twice
+    assert len(reps) == 2 == len(generation["auto_plain_reps"])
+    assert generation["auto_edited"] == min(reps, key=lambda r: r["wall_s"])
+    assert all(r["first_call_ms"] > 0 and r["median_step_ms"] > 0 for r in reps)
+    decode = shape["decode"]
+    assert decode["rows"] == 4 and {"plain", "noop_hooks", "edited_eager", "edited_default",
+                                    "edited_graphs_raised"} <= set(decode)
+    assert decode["graphs_raised_vs_eager_max_abs_logit_diff"] == 0.0  # the CPU runs both eagerly: the same numbers
+    assert "decode steps at 4 rows" in (tmp_path / "profile_decode_tiny-llama.txt").read_text()
     evaluation = shape["evaluation"]
     assert evaluation["methods"] == 8 and set(evaluation["auto"]["per_method_s"]) >= {"none", "directional_ablation"}
     pipeline = shape["pipeline"]
     assert list(pipeline["stages_s"]) == list(stages.NAMES)  # every stage
     assert pipeline["search_prompts"] == 3 and pipeline["search_forward_passes"] > 0
     assert "half the vocabulary" in pipeline["forced"]["refusal_tokens"]
+    assert "probability 0.5" in pipeline["forced"]["search_tests"]
+    steps_log = next(tmp_path.glob("scale-pipeline-*/lock_steps.jsonl"))  # one line a search lock-step
+    steps = [json.loads(line) for line in steps_log.read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1)) and all(s["rows"] > 0 for s in steps)
     saved_run = json.loads(next(tmp_path.glob("scale-pipeline-*/run/results.json")).read_text())
     assert set(saved_run["categories"]["categories"]) == set(scale.CATEGORIES)  # the synthetic categories
     assert saved_run["jailbreaks"]["pairs"]                                      # the forced verdicts

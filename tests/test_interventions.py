@@ -144,6 +144,18 @@ def test_per_row_feature_sets_equal_separate_runs(llama):
         torch.testing.assert_close(together[row:row + 1], alone, rtol=1e-5, atol=1e-5)
 
 
+def test_per_row_masks_over_a_universe(llama):
+    saes = sae_set_for(llama, "jumprelu")
+    universe = [(0, 1), (0, 4), (2, 2), (2, 7), (2, 9)]  # (2, 9) in no row
+    sets = [[(2, 7), (0, 1)], [], [[0, 4], (2, 2)]]  # keys as tuples or lists, in any order
+    edit = FeatureIntervention.for_rows(saes, sets, universe=universe)
+    assert edit.features == {0: [1, 4], 2: [2, 7, 9]}  # the universe's columns, whatever the rows hold
+    assert edit.row_masks[0].tolist() == [[True, False], [False, False], [False, True]]
+    assert edit.row_masks[2].tolist() == [[False, True, False], [False, False, False], [True, False, False]]
+    with pytest.raises(ValueError, match=r"outside the universe, e.g. \[\(2, 3\)\] \(row 1\)"):
+        FeatureIntervention.for_rows(saes, [[(0, 1)], [(2, 3), (0, 4)]], universe=universe)
+
+
 def test_directional_ablation_removes_projection_everywhere(chat_model):
     batch = chat_model.tokenize(PROMPTS)
     direction = torch.randn(chat_model.d_model)

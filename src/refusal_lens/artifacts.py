@@ -123,9 +123,11 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         os.replace(tmp, target)
 
 
-def write_json(path: str | Path, payload: Any) -> Path:
+def write_json(path: str | Path, payload: Any, *, indent: int | None = 2) -> Path:
+    """``payload`` as JSON, atomically; ``indent=None`` writes it on one line (json's C encoder:
+    several times faster for a large payload, e.g. a search checkpoint)."""
     def dump(tmp: Path) -> None:
-        tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(payload, indent=indent, default=_json_default) + "\n")
 
     return write_atomic(path, dump)
 

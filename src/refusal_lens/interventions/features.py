@@ -73,28 +73,29 @@ class FeatureIntervention:
         share their slices (``SparseSAESlice`` cache) instead of building new ones.
         """
         sets = [s if isinstance(s, (list, tuple)) else list(s) for s in feature_sets]
-        keys = {(int(L), int(i)) for s in sets for L, i in s}
-        if universe is not None:
-            universe = {(int(L), int(i)) for L, i in universe}
-            if not keys <= universe:
-                raise ValueError(f"Row feature sets have {len(keys - universe)} features outside the universe, "
-                                 f"e.g. {sorted(keys - universe)[:3]}.")
-            keys = universe
-        union = group_by_layer(keys)
+        # with a universe, its columns are known up front and each row's keys are looked up
+        # as they come (a search step: hundreds of rows of hundreds of keys, no normalising pass)
+        union = group_by_layer(universe if universe is not None else {(int(L), int(i)) for s in sets for L, i in s})
         column, start = {}, 0
         for layer, idx in union.items():
             column.update({(layer, f): start + j for j, f in enumerate(idx)})
             start += len(idx)
-        rows, cols = [], []
+        lengths, cols = [], []
         for b, row in enumerate(sets):
             try:
                 found = [column[k] for k in row]
-            except (KeyError, TypeError):  # keys given as lists or numpy scalars
-                found = [column[(int(L), int(i))] for L, i in row]
+            except (KeyError, TypeError):  # keys given as lists or numpy scalars, or outside the universe
+                keys = [(int(L), int(i)) for L, i in row]
+                outside = sorted({k for k in keys if k not in column})
+                if outside:
+                    raise ValueError(f"Row feature sets have features outside the universe, e.g. {outside[:3]} "
+                                     f"(row {b}).") from None
+                found = [column[k] for k in keys]
             cols += found
-            rows += [b] * len(found)
+            lengths.append(len(found))
+        rows = torch.repeat_interleave(torch.arange(len(sets)), torch.tensor(lengths, dtype=torch.long))
         packed = torch.zeros(len(sets), start, dtype=torch.bool)
-        packed[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)] = True
+        packed[rows, torch.tensor(cols, dtype=torch.long)] = True
         masks, start = {}, 0
         for layer, idx in union.items():
             masks[layer] = packed[:, start:start + len(idx)]

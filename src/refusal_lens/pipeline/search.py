@@ -86,8 +86,9 @@ class Track:
     def to_json(self) -> dict:
         return {"name": self.name, "seed": self.seed, "prompts": self.prompts, "status": self.status,
                 "steps": self.steps, "p_refusal": self.p_refusal, "targets": self.targets,
-                "flip_fraction": self.flip_fraction, "features": [list(f) for f in sorted(self.current)],
-                "queue": [[list(f) for f in test] for test in self.queue], "cheap": self.cheap, "kl": self.kl}
+                # (layer, feature) tuples: JSON writes them as the lists track_from_json reads
+                "flip_fraction": self.flip_fraction, "features": sorted(self.current),
+                "queue": [list(test) for test in self.queue], "cheap": self.cheap, "kl": self.kl}
 
 
 @dataclass
@@ -216,6 +217,11 @@ def _evaluate_tracks(evaluate: SetEvaluator, tracks: list[Track], sets: list[lis
     return out
 
 
+def _without(current: list[FeatureKey], test: list[FeatureKey]) -> list[FeatureKey]:
+    drop = set(test)
+    return [f for f in current if f not in drop]
+
+
 MIN_KL_DROP = 1e-4  # a cheaper set must lower the harmless KL by more than float noise
 
 
@@ -274,7 +280,7 @@ def run_greedy(evaluate: SetEvaluator, tracks: list[Track], *, block_size: int, 
         if not live:
             break
         tests = [t.queue.pop(0) for t in live]
-        trial_sets = [[f for f in t.current if f not in set(test)] for t, test in zip(live, tests)]
+        trial_sets = [_without(t.current, test) for t, test in zip(live, tests)]
         kls = _costs(harmless_kl, live, trial_sets)
         results = _evaluate_tracks(evaluate, live, trial_sets, cheap_evaluate)
         for track, test, trial, result, kl in zip(live, tests, trial_sets, results, kls):
@@ -560,7 +566,7 @@ class Checkpointer:
     def __call__(self, tracks: list[Track]) -> None:
         last = not any(t.status == "running" and t.queue for t in tracks)
         if last or self.saved_at is None or self.clock() - self.saved_at >= self.every_s:
-            self.out.save_json(CHECKPOINT, [t.to_json() for t in tracks])
+            self.out.save_json(CHECKPOINT, [t.to_json() for t in tracks], indent=None)
             self.saved_at = self.clock()
 
 

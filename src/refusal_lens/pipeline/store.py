@@ -29,8 +29,8 @@ class StageDir:
     def done(self) -> bool:
         return (self.path / "done.json").exists()
 
-    def save_json(self, name: str, payload: Any) -> Path:
-        return write_json(self.path / name, payload)
+    def save_json(self, name: str, payload: Any, *, indent: int | None = 2) -> Path:
+        return write_json(self.path / name, payload, indent=indent)
 
     def load_json(self, name: str) -> Any:
         return read_json(self.path / name)
