@@ -86,6 +86,24 @@ def test_the_dense_layer_is_chosen_on_validation_never_on_test():
     assert choice.validation_accuracy[1] > 0.9 and choice.validation_accuracy[2] < 0.65
 
 
+def test_layers_tied_on_validation_accuracy_go_to_the_lower_log_loss_not_the_lower_layer():
+    """Both layers classify every validation row right; layer 1 carries the label with a wider
+    margin, so its validation log-loss is lower and it wins the tie that layer 0 would win by index."""
+    rng = np.random.default_rng(0)
+    y_train, y_val = rng.integers(0, 2, 200), rng.integers(0, 2, 40)
+    features = {}
+    for layer, margin in ((0, 0.35), (1, 3.0)):
+        x_train, x_val = rng.normal(size=(200, 4)), rng.normal(size=(40, 4))
+        x_train[:, 0] = margin * (2 * y_train - 1) + 0.2 * rng.normal(size=200)
+        x_val[:, 0] = margin * (2 * y_val - 1) + 0.05 * rng.normal(size=40)
+        features[layer] = (x_train, x_val)
+    choice = choose_layer({L: f[0] for L, f in features.items()}, y_train, {L: f[1] for L, f in features.items()},
+                          y_val)
+    assert choice.validation_accuracy == {0: 1.0, 1: 1.0}
+    assert choice.validation_log_loss[1] < choice.validation_log_loss[0]
+    assert choice.layer == 1
+
+
 def test_a_probe_needs_two_rows_of_each_class():
     with pytest.raises(ValueError, match="at least 2 training rows of each class"):
         fit_probe(np.zeros((5, 2)), np.array([1, 1, 1, 1, 0]))

@@ -4,7 +4,8 @@ adversarial harmful prompts that jailbroke the model (0).
 
 The regularisation is chosen by cross-validation on the training rows only
 (``LogisticRegressionCV``, inputs standardised on the training rows); the dense probe's layer
-is the one with the best validation accuracy, never the best test one. Accuracy and AUROC
+is the one with the best validation accuracy (ties: the lower validation log-loss), never the
+best test one. Accuracy and AUROC
 come with percentile bootstrap intervals over the test rows.
 """
 
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.linear_model import LogisticRegressionCV
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -75,15 +77,25 @@ def score_probe(probe: Pipeline, x: np.ndarray, y: np.ndarray, *, n_boot: int = 
 class LayerChoice:
     layer: int
     validation_accuracy: dict[int, float]   # every layer tried
+    validation_log_loss: dict[int, float]
 
 
 def choose_layer(train: Mapping[int, np.ndarray], y_train: np.ndarray, val: Mapping[int, np.ndarray],
                  y_val: np.ndarray, *, seed: int = 0) -> LayerChoice:
     """The layer whose probe (fitted on ``train[layer]``) is most accurate on ``val[layer]``;
-    ties go to the lower layer."""
-    accuracy = {}
+    ties (common: a few validation rows, many separable layers) go to the lower validation
+    log-loss, then to the lower layer.
+
+    Each layer's probe here has a fixed C = 1 on standardised inputs: cross-validating C at every
+    layer (50 fits of a wide residual each) made the choice minutes of CPU on an 8B model, and the
+    chosen layer's probe chooses its C by cross-validation afterwards (``fit_probe``)."""
+    y_train, y_val = np.asarray(y_train, dtype=int), np.asarray(y_val, dtype=int)
+    accuracy, loss = {}, {}
     for layer in sorted(train):
-        probe = fit_probe(train[layer], y_train, seed=seed)
-        accuracy[layer] = float((probe.predict(np.asarray(val[layer], dtype=float)) == np.asarray(y_val)).mean())
-    best = max(accuracy, key=lambda layer: (accuracy[layer], -layer))
-    return LayerChoice(best, accuracy)
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, random_state=seed))
+        probe.fit(np.asarray(train[layer], dtype=float), y_train)
+        x_val = np.asarray(val[layer], dtype=float)
+        accuracy[layer] = float((probe.predict(x_val) == y_val).mean())
+        loss[layer] = float(log_loss(y_val, probe.predict_proba(x_val)[:, 1], labels=[0, 1]))
+    best = max(accuracy, key=lambda layer: (accuracy[layer], -loss[layer], -layer))
+    return LayerChoice(best, accuracy, loss)

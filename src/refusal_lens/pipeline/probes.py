@@ -109,7 +109,9 @@ class Probes(BaseModel):
         "out-of-distribution rows: `plain` harmful requests the model refuses, `adversarial` prompts it answers, "
         "`near_training` unpaired adversarial prompts left out as rephrasings of a training or validation prompt"))
     probes: dict[str, ProbeResult] = Field(description="`refusal_features`, `random_1..n`, `dense`")
-    dense_validation_accuracy: dict[int, float] = Field(description="layer → validation accuracy of its probe")
+    dense_validation_accuracy: dict[int, float] = Field(description="layer → validation accuracy of its probe (C = 1)")
+    dense_validation_log_loss: dict[int, float] = Field(default_factory=dict, description=(
+        "layer → validation log-loss of that probe (breaks ties of accuracy)"))
     anchor: dict[str, float] = Field(description="[Y25]'s out-of-distribution accuracies on Gemma-2-2B-IT")
 
 
@@ -170,7 +172,8 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> Probes:
     results["dense"] = ProbeResult(features=None, layer=choice.layer, in_distribution=scores["test"],
                                    out_of_distribution=scores["ood"])
     return Probes(n_train=len(splits["train"].labels), n_val=len(splits["val"].labels), n_ood=n_ood, probes=results,
-                  dense_validation_accuracy=choice.validation_accuracy, anchor=PAPER_ANCHOR)
+                  dense_validation_accuracy=choice.validation_accuracy,
+                  dense_validation_log_loss=choice.validation_log_loss, anchor=PAPER_ANCHOR)
 
 
 # --- what it shows ------------------------------------------------------------------------
