@@ -429,9 +429,9 @@ def demo_config() -> RunConfig:
     evaluation keeps one random control of each kind (a set matched to the minimal set, a
     clamped set matched to CosSim+AP) and leaves the baselines beside CosSim+AP and the
     targeted edits to ``configs/organism.toml``: that keeps the demo near 10 minutes on 2 CPU
-    cores. The 32 held-out prompts are generated as one batch: on the CPU a decode step costs
-    about as much for 32 rows as for 16 (it reads every weight once), so one batch of 32 ran
-    ~25% faster than two of 16.
+    cores. The 32 held-out prompts are generated as one batch (alone, a generation of 32 ran ~25%
+    faster as one batch than as two of 16; the whole evaluation stage did not get faster: 353 s
+    vs 347 s, its other forward passes being bound by compute).
     """
     return RunConfig(
         data=DataConfig(n_train=32, n_val=8, n_search=6, n_eval=32, n_fm=64),
