@@ -296,7 +296,7 @@ def test_the_unpaired_jailbreaks_the_model_answers_are_kept_per_family(run, monk
     monkeypatch.setattr(jailbreaks, "get_judge", lambda name: scripted_judge(refused))
     small = ctx.config.model_copy(update={"jailbreaks": ctx.config.jailbreaks.model_copy(update={"n_unpaired": 6})})
     monkeypatch.setattr(ctx, "config", small)
-    families, answered = jailbreaks._judge_unpaired(ctx)
+    families, answered = jailbreaks._judge_unpaired(ctx, jailbreaks.get_judge("substring"))
     assert sum(f.n_candidates for f in families.values()) == 6
     assert all(f.n_jailbroken == 0 for name, f in families.items() if name == "future-tense")
     assert all(f.n_jailbroken == f.n_candidates for name, f in families.items() if name == "past-tense")

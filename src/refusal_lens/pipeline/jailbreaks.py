@@ -41,7 +41,7 @@ from refusal_lens.data.prompts import Prompt
 from refusal_lens.generation import generate
 from refusal_lens.data.registry import REGISTRY, looks_like_file
 from refusal_lens.interventions import FeatureKey
-from refusal_lens.judges import get_judge
+from refusal_lens.judges import Judge, get_judge
 from refusal_lens.organism import assets_dir
 from refusal_lens.pipeline.categories import refusal_set
 from refusal_lens.pipeline.prompt_sets import PromptSets
@@ -205,7 +205,8 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> Jailbreaks:
     if not candidates:
         raise ValueError(f"jailbreaks.sources {config.sources} gave no pairs.")
     ctx.console.print(f"  judging {len(candidates)} candidate pairs")
-    verdicts = judge_pairs(ctx.chat_model, candidates, get_judge(evaluation.judge),
+    judge = get_judge(evaluation.judge)  # a classifier judge is a model: load it once for both uses
+    verdicts = judge_pairs(ctx.chat_model, candidates, judge,
                            max_new_tokens=evaluation.max_new_tokens, batch_size=evaluation.batch_size)
     jailbroken = [j for j, hit in enumerate(verdicts.jailbreaks()) if hit]
     pairs = _measure(ctx, [candidates[j] for j in jailbroken], [verdicts.adversarial_answers[j] for j in jailbroken],
@@ -215,13 +216,13 @@ def compute(ctx: RunContext, inputs: Inputs, out: StageDir) -> Jailbreaks:
     tokens = [TokenView(pair_id=p.id, **token_attribution(ctx.chat_model, ctx.saes, p.adversarial, refusal,
                                                           plain=p.plain, steps=config.steps).__dict__)
               for p in shown]
-    unpaired_families, unpaired = _judge_unpaired(ctx) if "organism" in config.sources else ({}, [])
+    unpaired_families, unpaired = _judge_unpaired(ctx, judge) if "organism" in config.sources else ({}, [])
     return Jailbreaks(sources=config.sources, judge=evaluation.judge, notes=notes, refusal_features=refusal,
                       harm_features=harm, families=families, pairs=pairs, tokens=tokens,
                       unpaired_families=unpaired_families, unpaired=unpaired)
 
 
-def _judge_unpaired(ctx: RunContext) -> tuple[dict[str, UnpairedFamily], list[UnpairedJailbreak]]:
+def _judge_unpaired(ctx: RunContext, judge: Judge) -> tuple[dict[str, UnpairedFamily], list[UnpairedJailbreak]]:
     """Greedy answers to up to `jailbreaks.n_unpaired` of the organism's unpaired jailbreaks, judged."""
     config, evaluation = ctx.config.jailbreaks, ctx.config.evaluation
     prompts = organism_unpaired()
@@ -233,7 +234,7 @@ def _judge_unpaired(ctx: RunContext) -> tuple[dict[str, UnpairedFamily], list[Un
     texts = [p.text for p in prompts]
     answers = generate(ctx.chat_model, texts, max_new_tokens=evaluation.max_new_tokens,
                        batch_size=evaluation.batch_size, progress="unpaired adversarial prompts")
-    answered = [not v.refused for v in get_judge(evaluation.judge).judge(texts, answers)]
+    answered = [not v.refused for v in judge.judge(texts, answers)]
     families = {}
     for family in dict.fromkeys(p.meta["attack"] for p in prompts):
         hits = rate_with_interval([a for p, a in zip(prompts, answered) if p.meta["attack"] == family])
