@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from refusal_lens.capability import (
-    MCQuestion, capability_report, completion_cross_entropy, load_mc_file, multiple_choice_accuracy,
+    MCQuestion,
+    capability_report,
+    completion_cross_entropy,
+    load_mc_file,
+    multiple_choice_accuracy,
     own_completions,
 )
 from refusal_lens.data import DataError
@@ -184,3 +188,47 @@ def test_ce_all_empty(llama):
 def test_report_reserved_name(llama):
     with pytest.raises(ValueError, match="'baseline' is reserved"):
         capability_report(llama, ["a"], {"baseline": []}, completions=["x"])
+
+
+def test_scoped_edits_cost_where_they_edit(chat_model):
+    """The completion is read as generate makes it (prompt pass, then a pass continuing the cache):
+    an edit of generated positions only leaves the prompt's last logits alone and moves the
+    completion's losses; an edit of prompt positions only moves the prompt's logits, and through
+    the cache the losses too."""
+    from sae_factory import make_sae
+
+    from refusal_lens.capability import BaseLogits, completion_cost
+    from refusal_lens.interventions import FeatureOp
+    from refusal_lens.interventions.positions import ScopedFeatureIntervention
+    from refusal_lens.saes import SAESet
+
+    saes = SAESet.from_saes({1: make_sae("jumprelu", chat_model.d_model, seed=1, layer=1)})
+    features = [(1, i) for i in range(96)]
+    base = BaseLogits(chat_model)
+    plain, _ = completion_cost(chat_model, INSTRUCTIONS, COMPLETIONS, base, batch_size=2)
+    costs = {scope: completion_cost(chat_model, INSTRUCTIONS, COMPLETIONS, base, batch_size=2,
+                                    interventions=[ScopedFeatureIntervention(saes, features, FeatureOp("scale", -3.0),
+                                                                            scope=scope)])
+             for scope in ("all", "prompt", "generated")}
+    generated_ce, generated_shift = costs["generated"]
+    assert generated_shift.kl == [0.0] * len(INSTRUCTIONS)
+    assert generated_ce.mean != pytest.approx(plain.mean, rel=1e-3)
+    prompt_ce, prompt_shift = costs["prompt"]
+    assert prompt_shift.kl == pytest.approx(costs["all"][1].kl, rel=1e-5, abs=1e-7) and min(prompt_shift.kl) > 0
+    assert prompt_ce.mean != pytest.approx(costs["all"][0].mean, rel=1e-3)   # "all" also edits the completion
+
+
+def test_cost_from_one_pass_equals_the_separate_measures(llama):
+    """``completion_cost`` = ``completion_cross_entropy`` + ``next_token_shift`` (their own passes)."""
+    from refusal_lens.capability import BaseLogits, completion_cost, next_token_shift
+
+    torch.manual_seed(0)
+    push = ActivationAddition(vector=torch.randn(llama.d_model) * 5, layer=1)
+    base = BaseLogits(llama)
+    completion_cost(llama, INSTRUCTIONS, COMPLETIONS, base, batch_size=2)  # the unmodified pass keeps the base
+    ce, shift = completion_cost(llama, INSTRUCTIONS, COMPLETIONS, base, interventions=[push], batch_size=2)
+    assert ce.per_prompt == pytest.approx(completion_cross_entropy(llama, INSTRUCTIONS, COMPLETIONS, interventions=[push],
+                                                                   batch_size=2).per_prompt, rel=1e-4)
+    separate = next_token_shift(llama, INSTRUCTIONS, interventions=[push], batch_size=2)
+    assert shift.kl == pytest.approx(separate.kl, rel=1e-4, abs=1e-7)
+    assert shift.top1_unchanged == separate.top1_unchanged

@@ -4,7 +4,8 @@ import torch
 from conftest import PROMPTS
 
 from refusal_lens.activations import model_inputs
-from refusal_lens.generation import generate
+from refusal_lens.generation import generate, generate_scored
+from refusal_lens.interventions import DirectionalAblation
 from refusal_lens.scoring import refusal_score_from_logits, refusal_scores
 
 
@@ -34,6 +35,31 @@ def test_greedy_generation_is_deterministic_and_batch_invariant(chat_model):
     alone = [generate(chat_model, [p], max_new_tokens=8)[0] for p in PROMPTS]
     assert together == alone
     assert all(isinstance(t, str) for t in together)
+
+
+def test_scores_read_from_the_generation_equal_a_separate_forward_pass(chat_model):
+    """``generate_scored`` reads the refusal score from the generation's prompt pass: the same
+    answers as ``generate`` and the same scores as ``refusal_scores``, plain and edited."""
+    torch.manual_seed(0)
+    for interventions in ([], [DirectionalAblation(torch.randn(chat_model.d_model))]):
+        answers, scores = generate_scored(chat_model, PROMPTS, max_new_tokens=6, batch_size=3,
+                                          interventions=interventions)
+        assert answers == generate(chat_model, PROMPTS, max_new_tokens=6, batch_size=3, interventions=interventions)
+        torch.testing.assert_close(scores, refusal_scores(chat_model, PROMPTS, batch_size=3,
+                                                          interventions=interventions), rtol=1e-4, atol=1e-4)
+
+
+def test_scores_read_from_the_generation_come_before_its_logits_processors(llama):
+    """A repetition penalty in the model's generation config changes generate's processed
+    scores, not the refusal score (Qwen's config sets one)."""
+    config = llama.model.generation_config
+    saved = config.repetition_penalty
+    config.repetition_penalty = 50.0
+    try:
+        _, scores = generate_scored(llama, PROMPTS, max_new_tokens=2)
+    finally:
+        config.repetition_penalty = saved
+    torch.testing.assert_close(scores, refusal_scores(llama, PROMPTS), rtol=1e-4, atol=1e-4)
 
 
 def test_generation_stops_on_end_of_turn(gemma2):

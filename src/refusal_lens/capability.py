@@ -5,11 +5,14 @@
    token sequences (identical prompts and targets for every method). Only completion tokens
    count: the loss is the sum of ``-log p`` over completion tokens divided by the number of
    completion tokens (never by the prompt or padding tokens). The completion text is
-   re-tokenized after the chat-formatted prompt; the end-of-turn token is not scored.
+   re-tokenized after the chat-formatted prompt; the end-of-turn token is not scored. The
+   completion is read the way ``generate`` makes it: a pass over the prompt, then one over the
+   completion continuing its key-value cache, so an edit scoped to prompt, post-instruction or
+   generated positions (``interventions/positions.py``) edits there and nowhere else.
 2. The next-token distribution at the last prompt position of the same harmless prompts
    (heretic's damage metric): ``KL(unmodified || under the method)`` per prompt, and whether
-   the most likely next token is unchanged. Both runs use the same batches (same padding), so
-   no intervention gives exactly 0.
+   the most likely next token is unchanged, read from the prompt pass of 1. Both runs use the
+   same batches (same padding), so no intervention gives exactly 0.
 3. Multiple-choice accuracy on an ARC-style file: each question is one user turn listing
    the lettered choices and asking for the letter; the prediction is the choice whose label
    token has the highest next-token logit at the last prompt position (one forward pass).
@@ -21,6 +24,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -34,6 +38,7 @@ from refusal_lens.activations import model_inputs
 from refusal_lens.data.errors import DataError
 from refusal_lens.generation import generate
 from refusal_lens.interventions import intervene
+from refusal_lens.models import position_ids_for
 from refusal_lens.models.batches import longest_prompt, run_batched
 from refusal_lens.scoring import last_position_logits, next_token_kl
 from refusal_lens.stats import mcnemar, mean_with_interval, rate_with_interval
@@ -69,27 +74,48 @@ def _prompt_ids(chat_model: Any, instructions: Sequence[str]) -> list[list[int]]
 
 
 @torch.no_grad()
-def _batch_token_losses(chat_model: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]],
-                        interventions: Sequence[Any]) -> list[torch.Tensor]:
-    sequences = [p + c for p, c in zip(prompt_ids, completion_ids)]
-    batch = chat_model.pad(sequences)
-    width = batch["input_ids"].shape[1]
-    target = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+def _teacher_forced(chat_model: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                    interventions: Sequence[Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The last prompt position's logits (float32, CPU) and each completion token's loss.
+
+    Two passes, as ``generate`` makes them: the left-padded prompts, then the right-padded
+    completions continuing the prompts' key-value cache."""
+    prompt = chat_model.pad(prompt_ids)
+    width = max(len(ids) for ids in completion_ids)
+    tokens = torch.full((len(completion_ids), width), chat_model.tokenizer.pad_token_id, dtype=torch.long)
+    present = torch.zeros((len(completion_ids), width), dtype=torch.bool)
     for row, ids in enumerate(completion_ids):
-        if ids:
-            target[row, width - len(ids):] = True
+        tokens[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        present[row, :len(ids)] = True
+    device = prompt["input_ids"].device
     with intervene(chat_model, *interventions):
-        logits = chat_model.model(**model_inputs(batch), use_cache=False).logits
-    # the logit at position j predicts the token at j + 1
-    predict = target[:, 1:]
-    picked = logits[:, :-1][predict].float()
-    labels = batch["input_ids"][:, 1:][predict]
-    losses = torch.nn.functional.cross_entropy(picked, labels, reduction="none").cpu()
+        first = chat_model.model(**model_inputs(prompt), use_cache=width > 0, logits_to_keep=1)
+        last_prompt = first.logits[:, -1].float()
+        if width == 0:
+            return last_prompt.cpu(), [torch.empty(0) for _ in completion_ids]
+        mask = torch.cat([prompt["attention_mask"], present.long().to(device)], dim=1)
+        rest = chat_model.model(input_ids=tokens.to(device), attention_mask=mask,
+                                position_ids=position_ids_for(mask)[:, -width:], use_cache=True,
+                                **_continuing(chat_model.model, first))
+    # completion token j is predicted at the last prompt position (j = 0) or at completion token j - 1
+    predicting = torch.cat([last_prompt[:, None], rest.logits[:, :-1].float()], dim=1)
+    losses = torch.nn.functional.cross_entropy(predicting[present.to(device)], tokens.to(device)[present.to(device)],
+                                               reduction="none").cpu()
     out, start = [], 0
     for ids in completion_ids:
         out.append(losses[start:start + len(ids)])
         start += len(ids)
-    return out
+    return last_prompt.cpu(), out
+
+
+def _continuing(model: Any, output: Any) -> dict:
+    """The key-value cache of ``output`` as the keyword ``model`` continues it by (transformers
+    ≥ 5.2 names it ``cache``, earlier versions ``past_key_values``)."""
+    cache = getattr(output, "cache", None)
+    if cache is None:
+        cache = output.past_key_values
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
 
 
 def completion_cross_entropy(chat_model: Any, instructions: Sequence[str], completions: Sequence[str], *,
@@ -98,25 +124,34 @@ def completion_cross_entropy(chat_model: Any, instructions: Sequence[str], compl
 
     ``batch_size`` None: the largest batch that fits the GPU, ``DEFAULT_BATCH`` on the CPU; in a
     data-parallel run the pairs are split over the processes."""
+    completion_ids = _completion_ids(chat_model, instructions, completions, batch_size)
+
+    def losses(chunk: list[tuple[str, list[int]]]) -> list[torch.Tensor]:
+        return _teacher_forced(chat_model, _prompt_ids(chat_model, [i for i, _ in chunk]),
+                               [c for _, c in chunk], interventions)[1]
+
+    per_token = run_batched(chat_model, "cross_entropy", list(zip(instructions, completion_ids)), losses,
+                            batch_size=batch_size, default=DEFAULT_BATCH,
+                            tokens=lambda part: longest_prompt(chat_model, [i for i, _ in part],
+                                                               max((len(c) for _, c in part), default=0)))
+    return _cross_entropy(per_token)
+
+
+def _completion_ids(chat_model: Any, instructions: Sequence[str], completions: Sequence[str],
+                    batch_size: int | None) -> list[list[int]]:
     if len(instructions) != len(completions):
         raise ValueError(f"one completion per instruction: got {len(instructions)} instructions and "
                          f"{len(completions)} completions")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    tokenizer = chat_model.tokenizer
-    completion_ids = [tokenizer.encode(c, add_special_tokens=False) for c in completions]
+    completion_ids = [chat_model.tokenizer.encode(c, add_special_tokens=False) for c in completions]
     if not any(completion_ids):
         raise ValueError("every completion is empty: there is nothing to score (generate more tokens, "
                          "or use other prompts)")
-    pairs = list(zip(instructions, completion_ids))
+    return completion_ids
 
-    def losses(chunk: list[tuple[str, list[int]]]) -> list[torch.Tensor]:
-        return _batch_token_losses(chat_model, _prompt_ids(chat_model, [i for i, _ in chunk]),
-                                   [c for _, c in chunk], interventions)
 
-    per_token = run_batched(chat_model, "cross_entropy", pairs, losses, batch_size=batch_size, default=DEFAULT_BATCH,
-                            tokens=lambda part: longest_prompt(chat_model, [i for i, _ in part],
-                                                               max((len(c) for _, c in part), default=0)))
+def _cross_entropy(per_token: Sequence[torch.Tensor]) -> CrossEntropy:
     total = sum(float(t.sum()) for t in per_token)
     n_tokens = sum(int(t.numel()) for t in per_token)
     return CrossEntropy(mean=total / n_tokens, n_tokens=n_tokens,
@@ -159,6 +194,10 @@ class BaseLogits:
             self._by_batch[key] = last_position_logits(self.chat_model, list(key)).float().cpu()
         return self._by_batch[key]
 
+    def keep(self, instructions: Sequence[str], logits: torch.Tensor) -> None:
+        """The unmodified model's logits of this batch, read by a pass made anyway."""
+        self._by_batch[tuple(instructions)] = logits.float().cpu()
+
 
 def next_token_shift(chat_model: Any, instructions: Sequence[str], base: BaseLogits | None = None, *,
                      interventions: Sequence[Any] = (), batch_size: int | None = None) -> NextTokenShift:
@@ -181,6 +220,33 @@ def next_token_shift(chat_model: Any, instructions: Sequence[str], base: BaseLog
     rows = run_batched(chat_model, "next_token_kl", list(instructions), shift, batch_size=batch_size,
                        default=DEFAULT_BATCH, tokens=lambda part: longest_prompt(chat_model, part))
     return NextTokenShift([float(kl) for kl, _ in rows], [bool(same) for _, same in rows])
+
+
+def completion_cost(chat_model: Any, instructions: Sequence[str], completions: Sequence[str], base: BaseLogits, *,
+                    interventions: Sequence[Any] = (), batch_size: int | None = None
+                    ) -> tuple[CrossEntropy, NextTokenShift]:
+    """``completion_cross_entropy`` and ``next_token_shift`` from the same passes over the model
+    (the shift read at the prompt pass the cross-entropy makes anyway). Without
+    ``interventions`` the pass is the unmodified model's: ``base`` keeps its logits."""
+    completion_ids = _completion_ids(chat_model, instructions, completions, batch_size)
+
+    def cost(chunk: list[tuple[str, list[int]]]) -> list[tuple[list[float], float, bool]]:  # JSON: gathered
+        chunk_instructions = [i for i, _ in chunk]
+        edited, losses = _teacher_forced(chat_model, _prompt_ids(chat_model, chunk_instructions),
+                                         [c for _, c in chunk], interventions)
+        if not interventions:
+            base.keep(chunk_instructions, edited)
+        reference = base(chunk_instructions)
+        kl = next_token_kl(reference, edited).clamp(min=0).tolist()
+        same = (reference.argmax(-1) == edited.argmax(-1)).tolist()
+        return list(zip((row.tolist() for row in losses), kl, same))
+
+    rows = run_batched(chat_model, "cross_entropy", list(zip(instructions, completion_ids)), cost,
+                       batch_size=batch_size, default=DEFAULT_BATCH,
+                       tokens=lambda part: longest_prompt(chat_model, [i for i, _ in part],
+                                                          max((len(c) for _, c in part), default=0)))
+    return (_cross_entropy([torch.tensor(losses) for losses, _, _ in rows]),
+            NextTokenShift([float(kl) for _, kl, _ in rows], [bool(same) for _, _, same in rows]))
 
 
 # --- multiple choice -----------------------------------------------------------------------
@@ -338,25 +404,27 @@ def capability_report(chat_model: Any, instructions: Sequence[str],
         completions = own_completions(chat_model, instructions, max_new_tokens=max_new_tokens,
                                       batch_size=batch_size) if instructions else []
 
-    def one(interventions: Sequence[Any]) -> dict:
+    base_logits = BaseLogits(chat_model)  # kept by the baseline's passes, read by every method's
+
+    def one(interventions: Sequence[Any]) -> tuple[dict, NextTokenShift | None]:
         result: dict = {}
+        shift = None
         if instructions:
-            result["cross_entropy"] = completion_cross_entropy(
-                chat_model, instructions, completions, interventions=interventions, batch_size=batch_size).to_json()
+            cross_entropy, shift = completion_cost(chat_model, instructions, completions, base_logits,
+                                                   interventions=interventions, batch_size=batch_size)
+            result["cross_entropy"] = cross_entropy.to_json()
         if mc_questions:
             result["multiple_choice"] = multiple_choice_accuracy(
                 chat_model, mc_questions, interventions=interventions, batch_size=batch_size)
-        return result
+        return result, shift
 
-    baseline = one(())
-    base_logits = BaseLogits(chat_model)
+    baseline, _ = one(())
     report = {"completions": list(completions), "baseline": baseline, "methods": {}}
     for name, interventions in methods.items():
-        result = one(interventions)
+        result, shift = one(interventions)
         if instructions:
             result["delta_cross_entropy"] = result["cross_entropy"]["mean"] - baseline["cross_entropy"]["mean"]
-            result["next_token"] = next_token_shift(chat_model, list(instructions), base_logits,
-                                                    interventions=interventions, batch_size=batch_size).to_json()
+            result["next_token"] = shift.to_json()
         if mc_questions:
             result["multiple_choice_vs_baseline"] = mcnemar(baseline["multiple_choice"]["correct"],
                                                             result["multiple_choice"]["correct"])

@@ -6,13 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from refusal_lens.data.prompts import Prompt
-from refusal_lens.generation import generate
+from refusal_lens.generation import generate_scored
 from refusal_lens.interventions import Intervention
 from refusal_lens.judges import Judge
 from refusal_lens.judges.agreement import agreement_table, asr_table
 from refusal_lens.judges.base import Verdict
 from refusal_lens.models import ChatModel
-from refusal_lens.scoring import refusal_scores
 from refusal_lens.stats import rate_with_interval
 
 
@@ -41,10 +40,8 @@ def evaluate_prompts(chat_model: ChatModel, prompts: Sequence[Prompt], judge: Ju
     ``batch_size`` None: the largest batch that fits the GPU (16 on the CPU); in a data-parallel
     run scoring, generation and classifier judges split the prompts over the processes."""
     texts = [p.text for p in prompts]
-    scores = refusal_scores(chat_model, texts, batch_size=batch_size, interventions=interventions,
-                            progress="refusal scores")
-    responses = generate(chat_model, texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                         interventions=interventions, progress="generating")
+    responses, scores = generate_scored(chat_model, texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                        interventions=interventions, progress="generating")
     verdicts = judge.judge(texts, responses)
     by_judge = {j.name: j.judge(texts, responses) for j in extra_judges}
     return [PromptResult(p.id, p.text, float(s), r, bool(v.refused),

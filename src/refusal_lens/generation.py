@@ -1,14 +1,17 @@
-"""Greedy generation under any intervention, stopping on every end-of-turn token."""
+"""Greedy generation under any intervention, stopping on every end-of-turn token; the refusal
+score read from the same generation's first forward pass (the prompt's)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
 from refusal_lens.interventions import Intervention, intervene
 from refusal_lens.models import ChatModel
 from refusal_lens.models.batches import longest_prompt, run_batched
+from refusal_lens.scoring import refusal_score_from_logits
 
 DEFAULT_BATCH = 16  # prompts generated together on the CPU (on a GPU: the largest that fits)
 
@@ -26,6 +29,36 @@ def generate_batch(chat_model: ChatModel, instructions: Sequence[str], *, max_ne
     return chat_model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
+@contextmanager
+def first_pass_logits(chat_model: ChatModel) -> Iterator[list[torch.Tensor]]:
+    """Collects the last-position logits of the model's first forward pass in the block.
+
+    In ``generate`` that pass is the prompt's, so these are the logits a plain forward pass
+    gives (``scoring.last_position_logits``), taken before generate's logits processors
+    (repetition penalty and the like) change them; the later passes are left alone."""
+    captured: list[torch.Tensor] = []
+
+    def capture(_module, _args, output) -> None:
+        if not captured:
+            captured.append(output.logits[:, -1].float().cpu())
+
+    handle = chat_model.model.register_forward_hook(capture)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def generate_scored_batch(chat_model: ChatModel, instructions: Sequence[str], *, max_new_tokens: int = 64,
+                          interventions: Sequence[Intervention] = ()) -> list[tuple[str, float]]:
+    """``generate_batch``'s answers with each prompt's refusal score, from the same forward pass."""
+    with first_pass_logits(chat_model) as captured:
+        answers = generate_batch(chat_model, instructions, max_new_tokens=max_new_tokens,
+                                 interventions=interventions)
+    scores = refusal_score_from_logits(captured[0], chat_model.refusal_token_ids)
+    return list(zip(answers, scores.tolist()))
+
+
 def generate(chat_model: ChatModel, instructions: Sequence[str], *, max_new_tokens: int = 64,
              batch_size: int | None = None, interventions: Sequence[Intervention] = (),
              progress: str | None = None) -> list[str]:
@@ -41,3 +74,18 @@ def generate(chat_model: ChatModel, instructions: Sequence[str], *, max_new_toke
     return run_batched(chat_model, "generate", instructions, complete, batch_size=batch_size,
                        default=DEFAULT_BATCH, progress=progress,
                        tokens=lambda part: longest_prompt(chat_model, part, max_new_tokens))
+
+
+def generate_scored(chat_model: ChatModel, instructions: Sequence[str], *, max_new_tokens: int = 64,
+                    batch_size: int | None = None, interventions: Sequence[Intervention] = (),
+                    progress: str | None = None) -> tuple[list[str], torch.Tensor]:
+    """Greedy completions and refusal scores of each instruction in one pass over the model:
+    ``refusal_scores`` and ``generate`` without a separate forward pass for the scores."""
+
+    def complete(chunk: list[str]) -> list[tuple[str, float]]:
+        return generate_scored_batch(chat_model, chunk, max_new_tokens=max_new_tokens, interventions=interventions)
+
+    rows = run_batched(chat_model, "generate", instructions, complete, batch_size=batch_size,
+                       default=DEFAULT_BATCH, progress=progress,
+                       tokens=lambda part: longest_prompt(chat_model, part, max_new_tokens))
+    return [answer for answer, _ in rows], torch.tensor([float(score) for _, score in rows])

@@ -384,12 +384,16 @@ def fig_pareto(result: Evaluation, folder: Path) -> str | None:
     if not costed:
         return None
     fig, ax = subplots(figsize=(7.5, 4.5))
+    front = pareto_front({name: (m.capability.kl_mean, m.asr) for name, m in costed.items()})
+    labelled = [name for name in costed if name in front or name in MAIN_METHODS]
     for name, m in costed.items():
         kl = m.capability.kl_mean
         ax.errorbar([kl], [m.asr], xerr=[[kl - m.capability.kl_ci[0]], [m.capability.kl_ci[1] - kl]],
-                    yerr=[[m.asr - m.ci_low], [m.ci_high - m.asr]], fmt="o", capsize=3, alpha=0.8)
-        ax.annotate(name, (kl, m.asr), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    front = pareto_front({name: (m.capability.kl_mean, m.asr) for name, m in costed.items()})
+                    yerr=[[m.asr - m.ci_low], [m.ci_high - m.asr]], fmt="o", capsize=3,
+                    alpha=0.8 if name in labelled else 0.35)
+    for name, offset in zip(labelled, _label_offsets([(costed[n].capability.kl_mean, costed[n].asr) for n in labelled])):
+        ax.annotate(name, (costed[name].capability.kl_mean, costed[name].asr), textcoords="offset points",
+                    xytext=offset, fontsize=7, arrowprops={"arrowstyle": "-", "lw": 0.5, "alpha": 0.5})
     ax.step([costed[n].capability.kl_mean for n in front], [costed[n].asr for n in front], where="post",
             color="black", lw=1, ls="--", label="Pareto front")
     ax.set_xscale("symlog", linthresh=1e-3)
@@ -399,7 +403,20 @@ def fig_pareto(result: Evaluation, folder: Path) -> str | None:
     ax.set_ylabel("attack success rate (95% Wilson CI)")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Refusal removed vs harmless behaviour changed: up and to the left is better", fontsize=10)
+    if len(labelled) < len(costed):
+        fig.text(0.01, 0.01, f"Named: the Pareto front and the main methods; the other {len(costed) - len(labelled)} "
+                 "(faint) are in the table.", fontsize=7)
     return save_figure(fig, folder, "asr_vs_kl")
+
+
+def _label_offsets(points: list[tuple[float, float]]) -> list[tuple[int, int]]:
+    """Label offsets (points) that stack the labels of points at about the same height."""
+    offsets, seen = [], []
+    for _, asr in points:
+        level = sum(abs(asr - other) < 0.04 for other in seen)
+        seen.append(asr)
+        offsets.append((6, 4 - 10 * level if asr > 0.5 else 4 + 10 * level))
+    return offsets
 
 
 def induce_summary(result: Evaluation) -> list[str]:
