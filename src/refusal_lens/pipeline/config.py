@@ -428,10 +428,8 @@ def demo_config() -> RunConfig:
     generation). Every evaluated method costs one generation of the held-out prompts, so the
     evaluation keeps one random control of each kind (a set matched to the minimal set, a
     clamped set matched to CosSim+AP) and leaves the baselines beside CosSim+AP and the
-    targeted edits to ``configs/organism.toml``: that keeps the demo near 10 minutes on 2 CPU
-    cores. The 32 held-out prompts are generated as one batch (alone, a generation of 32 ran ~25%
-    faster as one batch than as two of 16; the whole evaluation stage did not get faster: 353 s
-    vs 347 s, its other forward passes being bound by compute).
+    targeted edits to ``configs/organism.toml``: the demo takes about 7 minutes on 2 CPU cores
+    (2026-12-02). The 32 held-out prompts are generated as one batch.
     """
     return RunConfig(
         data=DataConfig(n_train=32, n_val=8, n_search=6, n_eval=32, n_fm=64),
