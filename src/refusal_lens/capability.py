@@ -82,25 +82,24 @@ def _teacher_forced(chat_model: Any, prompt_ids: list[list[int]], completion_ids
     completions continuing the prompts' key-value cache."""
     prompt = chat_model.pad(prompt_ids)
     width = max(len(ids) for ids in completion_ids)
+    device = prompt["input_ids"].device
     tokens = torch.full((len(completion_ids), width), chat_model.tokenizer.pad_token_id, dtype=torch.long)
     present = torch.zeros((len(completion_ids), width), dtype=torch.bool)
     for row, ids in enumerate(completion_ids):
         tokens[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
         present[row, :len(ids)] = True
-    device = prompt["input_ids"].device
+    tokens, present = tokens.to(device), present.to(device)
     with intervene(chat_model, *interventions):
         first = chat_model.model(**model_inputs(prompt), use_cache=width > 0, logits_to_keep=1)
         last_prompt = first.logits[:, -1].float()
         if width == 0:
             return last_prompt.cpu(), [torch.empty(0) for _ in completion_ids]
-        mask = torch.cat([prompt["attention_mask"], present.long().to(device)], dim=1)
-        rest = chat_model.model(input_ids=tokens.to(device), attention_mask=mask,
-                                position_ids=position_ids_for(mask)[:, -width:], use_cache=True,
-                                **_continuing(chat_model.model, first))
+        mask = torch.cat([prompt["attention_mask"], present.long()], dim=1)
+        rest = chat_model.model(input_ids=tokens, attention_mask=mask, position_ids=position_ids_for(mask)[:, -width:],
+                                use_cache=True, **_continuing(chat_model.model, first))
     # completion token j is predicted at the last prompt position (j = 0) or at completion token j - 1
     predicting = torch.cat([last_prompt[:, None], rest.logits[:, :-1].float()], dim=1)
-    losses = torch.nn.functional.cross_entropy(predicting[present.to(device)], tokens.to(device)[present.to(device)],
-                                               reduction="none").cpu()
+    losses = torch.nn.functional.cross_entropy(predicting[present], tokens[present], reduction="none").cpu()
     out, start = [], 0
     for ids in completion_ids:
         out.append(losses[start:start + len(ids)])
@@ -130,11 +129,7 @@ def completion_cross_entropy(chat_model: Any, instructions: Sequence[str], compl
         return _teacher_forced(chat_model, _prompt_ids(chat_model, [i for i, _ in chunk]),
                                [c for _, c in chunk], interventions)[1]
 
-    per_token = run_batched(chat_model, "cross_entropy", list(zip(instructions, completion_ids)), losses,
-                            batch_size=batch_size, default=DEFAULT_BATCH,
-                            tokens=lambda part: longest_prompt(chat_model, [i for i, _ in part],
-                                                               max((len(c) for _, c in part), default=0)))
-    return _cross_entropy(per_token)
+    return _cross_entropy(_over_pairs(chat_model, instructions, completion_ids, losses, batch_size))
 
 
 def _completion_ids(chat_model: Any, instructions: Sequence[str], completions: Sequence[str],
@@ -149,6 +144,15 @@ def _completion_ids(chat_model: Any, instructions: Sequence[str], completions: S
         raise ValueError("every completion is empty: there is nothing to score (generate more tokens, "
                          "or use other prompts)")
     return completion_ids
+
+
+def _over_pairs(chat_model: Any, instructions: Sequence[str], completion_ids: list[list[int]], run: Any,
+                batch_size: int | None) -> list:
+    """``run`` on batches of (instruction, completion ids) pairs, sized like the cross-entropy's."""
+    return run_batched(chat_model, "cross_entropy", list(zip(instructions, completion_ids)), run,
+                       batch_size=batch_size, default=DEFAULT_BATCH,
+                       tokens=lambda part: longest_prompt(chat_model, [i for i, _ in part],
+                                                          max((len(c) for _, c in part), default=0)))
 
 
 def _cross_entropy(per_token: Sequence[torch.Tensor]) -> CrossEntropy:
@@ -241,10 +245,7 @@ def completion_cost(chat_model: Any, instructions: Sequence[str], completions: S
         same = (reference.argmax(-1) == edited.argmax(-1)).tolist()
         return list(zip((row.tolist() for row in losses), kl, same))
 
-    rows = run_batched(chat_model, "cross_entropy", list(zip(instructions, completion_ids)), cost,
-                       batch_size=batch_size, default=DEFAULT_BATCH,
-                       tokens=lambda part: longest_prompt(chat_model, [i for i, _ in part],
-                                                          max((len(c) for _, c in part), default=0)))
+    rows = _over_pairs(chat_model, instructions, completion_ids, cost, batch_size)
     return (_cross_entropy([torch.tensor(losses) for losses, _, _ in rows]),
             NextTokenShift([float(kl) for _, kl, _ in rows], [bool(same) for _, _, same in rows]))
 
