@@ -23,7 +23,8 @@ answers decode to text. Cases, per shape:
   evaluation   what the evaluation stage does for 8 methods x ``--eval-prompts`` held-out prompts:
                refusal scores, greedy answers, the substring judge, and the capability cost of
                each method on ``--capability-prompts`` harmless prompts; wall time at the
-               ``--eval-batch-sizes`` (default: automatic only).
+               ``--eval-batch-sizes`` (default: automatic only); ``--eval-passes shared,separate,shared``
+               times today's passes against each in a forward pass of its own, in one process.
   pipeline     every stage of the pipeline (``run_pipeline`` up to ``--until``, default config
                but for the prompt counts and the synthetic data files) with the SAEs at every
                layer: ``--search-prompts`` search prompts, ``--eval-prompts`` evaluation prompts,
@@ -56,6 +57,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,9 +65,9 @@ for path in (ROOT / "src", ROOT):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-import torch  # noqa: E402
+import torch
 
-from benchmarks.run import GiB, choose_sae_backend, environment, synchronize  # noqa: E402
+from benchmarks.run import GiB, choose_sae_backend, environment, synchronize
 
 GEN_GOAL, EDIT_GOAL = 4.0, 0.85
 
@@ -293,23 +295,52 @@ def evaluation_case(chat, saes, shape, args, device, log, gen) -> dict:
     judge = get_judge("substring")
     out = {"methods": len(methods), "prompts": len(prompts), "capability_prompts": len(harmless),
            "new_tokens_each": args.new_tokens}
+    evaluate = {"shared": evaluate_prompts, "separate": evaluate_separately}
+    cost = {"shared": capability_report, "separate": capability_separately}
     for label in args.eval_batch_sizes:
         batch_size = None if label == "auto" else int(label.removeprefix("batch"))
         forget_sizes()
-        per_method = {}
-        started = time.perf_counter()
-        for name, interventions in methods.items():
-            per_method[name] = timed(lambda: evaluate_prompts(chat, prompts, judge, interventions=interventions,
-                                                              max_new_tokens=args.new_tokens, batch_size=batch_size),
-                                     device)
-        capability = timed(lambda: capability_report(chat, harmless, {n: i for n, i in methods.items() if i},
-                                                     max_new_tokens=args.new_tokens, batch_size=batch_size), device)
-        out[label] = {"wall_s": time.perf_counter() - started, "per_method_s": per_method, "capability_s": capability}
-        log(f"evaluation ({label}): {out[label]['wall_s']:.1f}s for {len(methods)} methods x {len(prompts)} prompts "
-            f"+ capability cost ({capability:.1f}s)")
+        for turn, passes in enumerate(args.eval_passes):
+            per_method = {}
+            started = time.perf_counter()
+            for name, interventions in methods.items():
+                per_method[name] = timed(partial(evaluate[passes], chat, prompts, judge, interventions=interventions,
+                                                 max_new_tokens=args.new_tokens, batch_size=batch_size), device)
+            capability = timed(partial(cost[passes], chat, harmless, {n: i for n, i in methods.items() if i},
+                                       max_new_tokens=args.new_tokens, batch_size=batch_size), device)
+            key = label if len(args.eval_passes) == 1 else f"{label}_{turn}_{passes}"
+            out[key] = {"wall_s": time.perf_counter() - started, "per_method_s": per_method,
+                        "capability_s": capability, "passes": passes}
+            log(f"evaluation ({key}): {out[key]['wall_s']:.1f}s for {len(methods)} methods x {len(prompts)} "
+                f"prompts + capability cost ({capability:.1f}s)")
     if "batch32" in out and "auto" in out:
         out["auto_vs_batch32"] = out["batch32"]["wall_s"] / out["auto"]["wall_s"]
     return out
+
+
+def evaluate_separately(chat, prompts, judge, *, interventions, max_new_tokens, batch_size) -> list:
+    """``evaluate_prompts``' work as it was before the refusal score came from the generation's
+    prompt pass: the scores in a forward pass of their own, then the generation and the judge."""
+    from refusal_lens.generation import generate
+    from refusal_lens.scoring import refusal_scores
+
+    texts = [p.text for p in prompts]
+    scores = refusal_scores(chat, texts, batch_size=batch_size, interventions=interventions)
+    answers = generate(chat, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, interventions=interventions)
+    return list(zip(scores.tolist(), answers, judge.judge(texts, answers)))
+
+
+def capability_separately(chat, harmless, methods, *, max_new_tokens, batch_size) -> dict:
+    """``capability_report``'s work with the next-token KL in a pass of its own beside the
+    cross-entropy's (as before 5a5ac7d; the cross-entropy is today's two passes)."""
+    from refusal_lens.capability import BaseLogits, completion_cross_entropy, next_token_shift, own_completions
+
+    completions = own_completions(chat, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    completion_cross_entropy(chat, harmless, completions, batch_size=batch_size)
+    base = BaseLogits(chat)
+    return {name: (completion_cross_entropy(chat, harmless, completions, interventions=ivs, batch_size=batch_size),
+                   next_token_shift(chat, harmless, base, interventions=ivs, batch_size=batch_size))
+            for name, ivs in methods.items()}
 
 
 CATEGORIES = ("weapons", "fraud", "hate", "drugs", "privacy")  # the synthetic harmful file's category column
@@ -501,6 +532,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch32-prompts", type=int, default=128, help="batch 32 runs on the first N prompts (its "
                    "tokens/s is that of one batch of 32, repeated)")
     p.add_argument("--eval-batch-sizes", default="auto", help="evaluation case: comma-separated, auto and/or batchN")
+    p.add_argument("--eval-passes", default="shared", help=(
+        "evaluation case: comma-separated turns, in order, of `shared` (today's: the score read in the generation's "
+        "prompt pass, the KL in the cross-entropy's) and `separate` (each in a forward pass of its own)"))
     p.add_argument("--eval-prompts", type=int, default=256)
     p.add_argument("--capability-prompts", type=int, default=32)
     p.add_argument("--search-prompts", type=int, default=100)
@@ -517,6 +551,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.cases = args.cases.split(",")
     args.eval_batch_sizes = args.eval_batch_sizes.split(",")
+    args.eval_passes = args.eval_passes.split(",")
+    if not set(args.eval_passes) <= {"shared", "separate"}:
+        p.error(f"--eval-passes takes shared and/or separate, got {','.join(args.eval_passes)}")
     return args
 
 
@@ -528,7 +565,7 @@ def run_shape(shape, args, device: torch.device, dtype: torch.dtype, out_dir: Pa
 
     result.update(shape=shape.name, config=shape.config, sae=shape.sae_label)
     started = time.perf_counter()
-    log = lambda msg: print(f"[{shape.name} {time.perf_counter() - started:5.0f}s] {msg}", flush=True)  # noqa: E731
+    log = lambda msg: print(f"[{shape.name} {time.perf_counter() - started:5.0f}s] {msg}", flush=True)
     gen = torch.Generator().manual_seed(0)
     chat = build_model(shape, str(device), dtype)
     result["tokenizer_vocabulary"] = mask_unknown_tokens(chat)

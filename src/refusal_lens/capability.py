@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from refusal_lens.activations import model_inputs
 from refusal_lens.data.errors import DataError
@@ -97,13 +98,17 @@ def _teacher_forced(chat_model: Any, prompt_ids: list[list[int]], completion_ids
         mask = torch.cat([prompt["attention_mask"], present.long()], dim=1)
         rest = chat_model.model(input_ids=tokens, attention_mask=mask, position_ids=position_ids_for(mask)[:, -width:],
                                 use_cache=True, **_continuing(chat_model.model, first))
-    # completion token j is predicted at the last prompt position (j = 0) or at completion token j - 1
-    predicting = torch.cat([last_prompt[:, None], rest.logits[:, :-1].float()], dim=1)
-    losses = torch.nn.functional.cross_entropy(predicting[present], tokens[present], reduction="none").cpu()
-    out, start = [], 0
+    # an answer's first token is predicted at the last prompt position, token j > 0 at token j - 1
+    first = F.cross_entropy(last_prompt[present[:, 0]], tokens[:, 0][present[:, 0]], reduction="none").cpu()
+    later = F.cross_entropy(rest.logits[:, :-1][present[:, 1:]].float(), tokens[:, 1:][present[:, 1:]],
+                            reduction="none").cpu()
+    out, i, start = [], 0, 0
     for ids in completion_ids:
-        out.append(losses[start:start + len(ids)])
-        start += len(ids)
+        if not ids:
+            out.append(torch.empty(0))
+            continue
+        out.append(torch.cat([first[i:i + 1], later[start:start + len(ids) - 1]]))
+        i, start = i + 1, start + len(ids) - 1
     return last_prompt.cpu(), out
 
 

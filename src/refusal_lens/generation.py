@@ -40,7 +40,7 @@ def first_pass_logits(chat_model: ChatModel) -> Iterator[list[torch.Tensor]]:
 
     def capture(_module, _args, output) -> None:
         if not captured:
-            captured.append(output.logits[:, -1].float().cpu())
+            captured.append(output.logits[:, -1].detach())  # on the device: a score is all that leaves it
 
     handle = chat_model.model.register_forward_hook(capture)
     try:
@@ -55,7 +55,7 @@ def generate_scored_batch(chat_model: ChatModel, instructions: Sequence[str], *,
     with first_pass_logits(chat_model) as captured:
         answers = generate_batch(chat_model, instructions, max_new_tokens=max_new_tokens,
                                  interventions=interventions)
-    scores = refusal_score_from_logits(captured[0], chat_model.refusal_token_ids)
+    scores = refusal_score_from_logits(captured[0], chat_model.refusal_token_ids).cpu()
     return list(zip(answers, scores.tolist()))
 
 
