@@ -106,3 +106,16 @@ def test_scale_benchmark_runs_every_case_on_a_tiny_shape(tmp_path, capsys, one_t
     assert set(saved_run["categories"]["categories"]) == set(scale.CATEGORIES)  # the synthetic categories
     assert saved_run["jailbreaks"]["pairs"]                                      # the forced verdicts
     assert "pipeline through probes" in capsys.readouterr().out
+
+
+def test_scale_benchmark_times_the_shared_passes_against_separate_ones(tmp_path, one_thread):
+    from benchmarks import scale
+
+    cut = SCALE_TINY.index("--cases")
+    args = [*SCALE_TINY[:cut], "--cases", "evaluation", *SCALE_TINY[cut + 2:], "--eval-passes", "shared,separate"]
+    evaluation = scale.main([*args, "--out", str(tmp_path)])["shapes"][0]["evaluation"]
+    assert [evaluation[key]["passes"] for key in ("auto_0_shared", "auto_1_separate")] == ["shared", "separate"]
+    assert all(set(evaluation[key]["per_method_s"]) >= {"none", "directional_ablation"}
+               for key in ("auto_0_shared", "auto_1_separate"))
+    with pytest.raises(SystemExit):
+        scale.parse_args([*args, "--eval-passes", "both"])
