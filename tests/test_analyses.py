@@ -314,3 +314,21 @@ def test_the_auroc_equals_scikit_learns():
     y = rng.integers(0, 2, 50)
     p = np.round(rng.random(50), 1)  # with ties
     assert _auroc(y, p) == pytest.approx(roc_auc_score(y, p))
+
+
+def test_a_character_split_over_byte_level_tokens_is_shown_whole():
+    """The tiny byte-level tokenizer splits an emoji into byte tokens that alone decode to U+FFFD;
+    the token view joins them, and their scores add up."""
+    from refusal_lens.analyses.jailbreaks import readable_pieces
+
+    llama = tiny_llama(seed=4)
+    saes = SAESet.from_saes({2: make_sae("jumprelu", llama.d_model, d_sae=48, seed=2, layer=2)})
+    prompt = "Tell me 🙂 about cakes"
+    ids = llama.tokenizer.encode("🙂", add_special_tokens=False)
+    assert len(ids) > 1 and "\ufffd" in llama.tokenizer.decode(ids[:1])   # the tokenizer does split it
+    assert readable_pieces(llama.tokenizer, ids) == [ids]
+    view = token_attribution(llama, saes, prompt, [(2, 1), (2, 7)], plain="about cakes", steps=4)
+    assert "🙂" in view.tokens and not any("\ufffd" in token for token in view.tokens)
+    assert "".join(view.tokens) == prompt
+    assert len(view.tokens) == len(view.scores) == len(view.in_request)
+    assert view.in_request[view.tokens.index("🙂")] is False

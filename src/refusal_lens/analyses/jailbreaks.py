@@ -135,9 +135,9 @@ def relative_drop(plain: torch.Tensor, adversarial: torch.Tensor) -> list[float 
 
 @dataclass
 class TokenAttribution:
-    tokens: list[str]              # the instruction's tokens, decoded one by one
-    scores: list[float]            # each token's share of F(prompt) - F(baseline)
-    in_request: list[bool] | None  # whether a token belongs to the plain request (None: unknown)
+    tokens: list[str]              # the instruction's tokens, decoded one by one (those of one character together)
+    scores: list[float]            # each one's share of F(prompt) - F(baseline)
+    in_request: list[bool] | None  # whether it belongs to the plain request (None: unknown)
     total: float                   # F(prompt): the features' summed pre-activation, last position
     baseline: float                # F with every instruction token replaced by the baseline token
 
@@ -203,11 +203,34 @@ def token_attribution(chat_model: ChatModel, saes: SAESet, instruction: str, fea
     with torch.no_grad():
         scores = ((embeds - baseline)[0] * grad.mean(0)).sum(-1)[start:stop]
         ends = readout(torch.cat([embeds, baseline]))
-    token_ids = ids[0, start:stop].tolist()
-    return TokenAttribution(tokens=[chat_model.tokenizer.decode([t]) for t in token_ids],
-                            scores=scores.double().tolist(),
-                            in_request=_request_mask(chat_model, instruction, plain, start, stop),
+    pieces = readable_pieces(chat_model.tokenizer, ids[0, start:stop].tolist())
+    in_request = _request_mask(chat_model, instruction, plain, start, stop)
+    spans, at = [], 0
+    for piece in pieces:
+        spans.append(slice(at, at + len(piece)))
+        at += len(piece)
+    return TokenAttribution(tokens=[chat_model.tokenizer.decode(piece) for piece in pieces],
+                            scores=[float(scores[span].double().sum()) for span in spans],
+                            in_request=None if in_request is None else [all(in_request[span]) for span in spans],
                             total=float(ends[0]), baseline=float(ends[1]))
+
+
+MAX_CHARACTER_TOKENS = 4  # a UTF-8 character is at most 4 bytes: 4 byte-level tokens
+
+
+def readable_pieces(tokenizer, token_ids: Sequence[int]) -> list[list[int]]:
+    """The tokens grouped so that each group decodes to whole characters: a byte-level BPE splits
+    an emoji or a CJK character over tokens that alone decode to U+FFFD. A token that decodes to
+    whole characters is its own group."""
+    pieces, current = [], []
+    for token in token_ids:
+        current.append(token)
+        if "\ufffd" not in tokenizer.decode(current) or len(current) == MAX_CHARACTER_TOKENS:
+            pieces.append(current)
+            current = []
+    if current:
+        pieces.append(current)
+    return pieces
 
 
 def _request_mask(chat_model: ChatModel, instruction: str, plain: str | None, start: int,
