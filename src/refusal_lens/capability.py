@@ -77,7 +77,7 @@ def _prompt_ids(chat_model: Any, instructions: Sequence[str]) -> list[list[int]]
 @torch.no_grad()
 def _teacher_forced(chat_model: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]],
                     interventions: Sequence[Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The last prompt position's logits (float32, CPU) and each completion token's loss.
+    """The last prompt position's logits (float32, on the model's device) and each completion token's loss.
 
     Two passes, as ``generate`` makes them: the left-padded prompts, then the right-padded
     completions continuing the prompts' key-value cache."""
@@ -94,7 +94,7 @@ def _teacher_forced(chat_model: Any, prompt_ids: list[list[int]], completion_ids
         first = chat_model.model(**model_inputs(prompt), use_cache=width > 0, logits_to_keep=1)
         last_prompt = first.logits[:, -1].float()
         if width == 0:
-            return last_prompt.cpu(), [torch.empty(0) for _ in completion_ids]
+            return last_prompt, [torch.empty(0) for _ in completion_ids]
         mask = torch.cat([prompt["attention_mask"], present.long()], dim=1)
         rest = chat_model.model(input_ids=tokens, attention_mask=mask, position_ids=position_ids_for(mask)[:, -width:],
                                 use_cache=True, **_continuing(chat_model.model, first))
@@ -109,7 +109,7 @@ def _teacher_forced(chat_model: Any, prompt_ids: list[list[int]], completion_ids
             continue
         out.append(torch.cat([first[i:i + 1], later[start:start + len(ids) - 1]]))
         i, start = i + 1, start + len(ids) - 1
-    return last_prompt.cpu(), out
+    return last_prompt, out
 
 
 def _continuing(model: Any, output: Any) -> dict:
@@ -221,14 +221,18 @@ def next_token_shift(chat_model: Any, instructions: Sequence[str], base: BaseLog
 
     def shift(chunk: list[str]) -> list[tuple[float, bool]]:
         reference = base(chunk)
-        edited = last_position_logits(chat_model, chunk, interventions).float().cpu()
-        kl = next_token_kl(reference, edited).clamp(min=0).tolist()
-        same = (reference.argmax(-1) == edited.argmax(-1)).tolist()
-        return list(zip(kl, same))
+        return _shift_rows(reference, last_position_logits(chat_model, chunk, interventions).float().cpu())
 
     rows = run_batched(chat_model, "next_token_kl", list(instructions), shift, batch_size=batch_size,
                        default=DEFAULT_BATCH, tokens=lambda part: longest_prompt(chat_model, part))
     return NextTokenShift([float(kl) for kl, _ in rows], [bool(same) for _, same in rows])
+
+
+def _shift_rows(reference: torch.Tensor, edited: torch.Tensor) -> list[tuple[float, bool]]:
+    """Per row: KL(reference || edited) of the next-token distributions, and whether the top-1 token is the same."""
+    kl = next_token_kl(reference, edited).clamp(min=0).tolist()
+    same = (reference.argmax(-1) == edited.argmax(-1)).tolist()
+    return list(zip(kl, same))
 
 
 def completion_cost(chat_model: Any, instructions: Sequence[str], completions: Sequence[str], base: BaseLogits, *,
@@ -243,12 +247,11 @@ def completion_cost(chat_model: Any, instructions: Sequence[str], completions: S
         chunk_instructions = [i for i, _ in chunk]
         edited, losses = _teacher_forced(chat_model, _prompt_ids(chat_model, chunk_instructions),
                                          [c for _, c in chunk], interventions)
+        edited = edited.cpu()
         if not interventions:
             base.keep(chunk_instructions, edited)
-        reference = base(chunk_instructions)
-        kl = next_token_kl(reference, edited).clamp(min=0).tolist()
-        same = (reference.argmax(-1) == edited.argmax(-1)).tolist()
-        return list(zip((row.tolist() for row in losses), kl, same))
+        shift = _shift_rows(base(chunk_instructions), edited)
+        return [(row.tolist(), kl, same) for row, (kl, same) in zip(losses, shift)]
 
     rows = _over_pairs(chat_model, instructions, completion_ids, cost, batch_size)
     return (_cross_entropy([torch.tensor(losses) for losses, _, _ in rows]),

@@ -71,9 +71,7 @@ def generate(chat_model: ChatModel, instructions: Sequence[str], *, max_new_toke
     def complete(chunk: list[str]) -> list[str]:
         return generate_batch(chat_model, chunk, max_new_tokens=max_new_tokens, interventions=interventions)
 
-    return run_batched(chat_model, "generate", instructions, complete, batch_size=batch_size,
-                       default=DEFAULT_BATCH, progress=progress,
-                       tokens=lambda part: longest_prompt(chat_model, part, max_new_tokens))
+    return _over_prompts(chat_model, instructions, complete, max_new_tokens, batch_size, progress)
 
 
 def generate_scored(chat_model: ChatModel, instructions: Sequence[str], *, max_new_tokens: int = 64,
@@ -85,7 +83,12 @@ def generate_scored(chat_model: ChatModel, instructions: Sequence[str], *, max_n
     def complete(chunk: list[str]) -> list[tuple[str, float]]:
         return generate_scored_batch(chat_model, chunk, max_new_tokens=max_new_tokens, interventions=interventions)
 
-    rows = run_batched(chat_model, "generate", instructions, complete, batch_size=batch_size,
-                       default=DEFAULT_BATCH, progress=progress,
-                       tokens=lambda part: longest_prompt(chat_model, part, max_new_tokens))
+    rows = _over_prompts(chat_model, instructions, complete, max_new_tokens, batch_size, progress)
     return [answer for answer, _ in rows], torch.tensor([float(score) for _, score in rows])
+
+
+def _over_prompts(chat_model: ChatModel, instructions: Sequence[str], run, max_new_tokens: int,
+                  batch_size: int | None, progress: str | None) -> list:
+    """``run`` on batches of instructions sized for generating ``max_new_tokens`` after them."""
+    return run_batched(chat_model, "generate", instructions, run, batch_size=batch_size, default=DEFAULT_BATCH,
+                       progress=progress, tokens=lambda part: longest_prompt(chat_model, part, max_new_tokens))
