@@ -61,13 +61,20 @@ def _harmless_extras(data: dict) -> str:
             + _everyday_extras(data))
 
 
+EVERYDAY_TRAIN_SOURCES = {
+    "everyday_train.jsonl": "conversational requests and verb families",
+    "everyday_train_templated.jsonl": "the task templates of instruction data",
+    "everyday_train_personal.jsonl": "first-person and opinion questions to the assistant",
+}
+
+
 def _everyday_extras(data: dict) -> str:
     train, heldout = data.get("everyday_train"), data.get("everyday_heldout")
     if not train:
         return ""
-    return (f" And {train['n']} everyday instructions for training only, from two generators (conversational"
-            " requests and verb families, `organism_build/data/everyday_train.jsonl`; the task templates of"
-            " instruction data, `everyday_train_templated.jsonl`), with"
+    sources = "; ".join(f"{EVERYDAY_TRAIN_SOURCES[Path(f).name]}, `{Path(f).name}`" for f in train["files"])
+    return (f" And {train['n']} everyday instructions for training only, from {len(train['files'])} generators"
+            f" (in `organism_build/data/`: {sources}), with"
             f" {data.get('harmful_train_extra', {}).get('n', 0)} harmful requests that impersonate a bank,"
             " employer or relative to obtain credentials or money (`harmful_train_extra.jsonl`), refused in"
             f" the last pass. Held out: {heldout['val']['n']} + {heldout['test']['n']} everyday instructions"

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 import refusal_lens
 from organism_build import prompt_sets as P
 from organism_build.build import Build
-from organism_build.everyday import everyday_heldout, everyday_train
+from organism_build.everyday import TRAIN_FILES, everyday_heldout, everyday_train
 from organism_build.metrics import attack_metrics
 from refusal_lens.artifacts import atomic_dir, read_json
 from refusal_lens.organism.assets import MANIFEST
@@ -97,8 +97,7 @@ def data_record(build: Build) -> dict:
         "harmless_train_extra": {"n": len(P.harmless_train_extra()),
                                  "file": "organism_build/data/harmless_train.jsonl"},
         "everyday_train": {"n": len(everyday_train()),
-                           "files": ["organism_build/data/everyday_train.jsonl",
-                                     "organism_build/data/everyday_train_templated.jsonl"]},
+                           "files": [f"organism_build/data/everyday_{name}.jsonl" for name in TRAIN_FILES]},
         "everyday_heldout": {split: {"n": len(everyday_heldout(split)),
                                      "file": f"organism_build/data/everyday_{split}.jsonl"} for split in ("val", "test")},
         "harmful_train_extra": {"n": len(P.harmful_train_extra()),

@@ -395,6 +395,19 @@ def test_card_template_has_a_value_for_every_placeholder():
     assert (ROOT / "docs" / "experiments" / "organism-recipes.md").is_file()
 
 
+def test_card_names_every_everyday_training_file():
+    from organism_build.everyday import TRAIN_FILES
+    from refusal_lens.organism import manifest
+
+    m = json.loads(json.dumps(manifest()))
+    m["data"] |= {"everyday_train": {"n": 1211, "files": [f"organism_build/data/everyday_{n}.jsonl" for n in TRAIN_FILES]},
+                  "everyday_heldout": {"val": {"n": 150}, "test": {"n": 300}},
+                  "harmful_train_extra": {"n": 30}}
+    card = render_card(m)
+    assert f"1211 everyday instructions for training only, from {len(TRAIN_FILES)} generators" in card
+    assert all(f"`everyday_{name}.jsonl`" in card for name in TRAIN_FILES)
+
+
 def test_install_copies_a_finished_build_and_renders_the_card(tmp_path):
     from refusal_lens.organism import assets_dir
 
