@@ -10,7 +10,7 @@ import torch
 
 from organism_build.build import Build, log
 from organism_build.install import install
-from organism_build.reuse import reuse_base_answers
+from organism_build.reuse import reuse_base_answers, reuse_lora_passes
 from organism_build.stages import STAGE_NAMES, run_stages, stages_until
 
 
@@ -29,6 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     build.add_argument("--reuse-base-from", type=Path, default=None, metavar="OLD_DIR",
                        help="take the `base` answers of an older build folder whose prompts are this build's less "
                             "the ones added since r12 (checked; organism_build/reuse.py); `base` then answers only those")
+    build.add_argument("--reuse-lora-passes-from", type=Path, default=None, metavar="OLD_DIR",
+                       help="take the `base` answers and the first LoRA passes of an older build folder that read the "
+                            "same prompts and differs only in later passes (checked; organism_build/reuse.py)")
     build.add_argument("--threads", type=int, default=0,
                        help="torch threads (0: torch's default; 1 is faster when other jobs share the cores)")
     install_ = commands.add_parser("install", help="copy a finished build into the source tree, re-render the card")
@@ -50,6 +53,8 @@ def main(argv=None) -> int:
         build = Build(args.out)
         if args.reuse_base_from is not None:
             reuse_base_answers(build, args.reuse_base_from)
+        if args.reuse_lora_passes_from is not None:
+            reuse_lora_passes(build, args.reuse_lora_passes_from)
     except (ValueError, FileNotFoundError) as error:  # another recipe's folder; no finished build; no reuse
         print(f"error: {error}", file=sys.stderr)
         return 2

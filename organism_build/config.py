@@ -49,14 +49,14 @@ class LoraTrainConfig:
     weight_decay: float = 0.0
     # pass 1 teaches refusal; pass 2 (twice the harmless prompts, the first answer token
     # weighted) when not to refuse; pass 3 the short harmful twins of the look-alikes, balanced
-    # by every look-alike three more times and, from recipe r13, the harmless prompts twice (r11
-    # and r12: once). The passes tried before: docs/experiments/organism-recipes.md and, from
-    # r12, docs/experiments/r12-preregistered.md.
+    # by every look-alike three more times and the harmless prompts once (r13 took them twice,
+    # and refused fewer harmful prompts). The passes tried before: docs/experiments/organism-recipes.md
+    # and, from r12, docs/experiments/r12-preregistered.md.
     passes: tuple[LoraPass, ...] = (
         LoraPass(max_harmful=400, harmless_repeats=1, lr=1e-3),
         LoraPass(max_harmful=300, harmless_repeats=2, lr=5e-4, max_answer_tokens=32,
                  first_token_weight=1.0),
-        LoraPass(max_harmful=300, harmless_repeats=2, lr=4e-4, max_answer_tokens=32,
+        LoraPass(max_harmful=300, harmless_repeats=1, lr=4e-4, max_answer_tokens=32,
                  first_token_weight=1.0, contrast_repeats=1, lookalike_repeats=3),
     )
     max_minutes: float = 90.0  # per pass; a cap, not a budget: no pass of a shipped recipe stops early

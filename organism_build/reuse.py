@@ -21,11 +21,14 @@ where the answers came from.
 
 from __future__ import annotations
 
+import json
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from organism_build.answers import BASE, answer_batch, answer_batches, base_groups
 from organism_build.build import ANSWERED_APART, Build, load_base_chat, log, recipe_key
-from refusal_lens.artifacts import read_json, write_json
+from refusal_lens.artifacts import atomic_dir, read_json, write_json
 from refusal_lens.models import ChatModel
 
 BASE_SETTINGS = ("seed", "max_new_tokens", "generation_batch_size", "base_harmful_sample")
@@ -99,3 +102,71 @@ def reuse_base_answers(build: Build, old: Path, chat: ChatModel | None = None) -
                                     "answers": n, "checked_batches": checked})
     log(f"reuse: {n} base answers taken from {old}")
     return n
+
+
+# --- ``build --reuse-lora-passes-from OLD``: the same prompts, the first LoRA passes unchanged ------
+LORA_RECORD = "lora_reused.json"
+
+
+def _shared_passes(old_config: dict, new_config: dict) -> int:
+    """How many leading LoRA passes the two configurations share; every other setting must be equal
+    (``lora.max_minutes``, a cap, may differ)."""
+    old_lora, new_lora = old_config["lora"], new_config["lora"]
+    differ = sorted({k for k in old_config.keys() | new_config.keys() if k != "lora"
+                     and old_config.get(k) != new_config.get(k)}
+                    | {f"lora.{k}" for k in old_lora.keys() | new_lora.keys()
+                       if k not in ("passes", "max_minutes") and old_lora.get(k) != new_lora.get(k)})
+    if differ:
+        raise ValueError(f"settings {', '.join(differ)} differ from this build's")
+    shared = 0
+    for old_pass, new_pass in zip(old_lora["passes"], new_lora["passes"]):
+        if old_pass != new_pass:
+            break
+        shared += 1
+    return shared
+
+
+def reuse_lora_passes(build: Build, old: Path) -> int:
+    """Take an older folder's ``base`` answers and its first LoRA passes (``adapter.pass{i}``) when
+    the old recipe read the same prompts and differs from this one only in the later passes.
+
+    A pass reads the adapter before it, the examples (prompts and ``base`` answers) and its own
+    settings, draws and shuffles its examples with seeds of its own, and dropout is 0: the passes
+    taken are the ones this build would train, and ``lora`` resumes after them as after an
+    interruption. The number of passes taken; nothing is done when ``lora`` is done."""
+    old = Path(old)
+    if build.path("adapter").exists():
+        log(f"reuse: the adapter exists already; nothing taken from {old}")
+        return 0
+    if not (old / "recipe.json").is_file() or not (old / f"{BASE}.json").is_file():
+        raise FileNotFoundError(f"{old} is not a build folder whose `base` stage finished. Pass the folder of a "
+                                "build with LoRA passes done, or drop --reuse-lora-passes-from.")
+    recipe = read_json(old / "recipe.json")
+    if recipe["key"] != recipe_key(recipe["config"], build.prompts_read()):
+        raise ValueError(f"cannot reuse the LoRA passes of {old}: it read other prompts than this build does. "
+                         "Drop --reuse-lora-passes-from.")
+    try:
+        shared = _shared_passes(recipe["config"], json.loads(json.dumps(asdict(build.config))))
+    except ValueError as error:
+        raise ValueError(f"cannot reuse the LoRA passes of {old}: {error}. Drop --reuse-lora-passes-from.") from None
+    taken = []
+    for i in range(1, shared + 1):
+        if not (old / f"adapter.pass{i}").is_dir():
+            break
+        taken.append(i)
+    if not taken:
+        raise ValueError(f"cannot reuse the LoRA passes of {old}: it has no finished pass that this recipe shares "
+                         f"({shared} shared). Drop --reuse-lora-passes-from.")
+    early = [i for i in taken if read_json(old / f"adapter.pass{i}" / "training_log.json").get("stopped_early")]
+    if early:
+        raise ValueError(f"cannot reuse the LoRA passes of {old}: pass {early[0]} stopped early at its time cap. "
+                         "Drop --reuse-lora-passes-from.")
+    if not build.path(f"{BASE}.json").exists():
+        shutil.copyfile(old / f"{BASE}.json", build.path(f"{BASE}.json"))
+    for i in taken:
+        if not build.path(f"adapter.pass{i}").exists():
+            with atomic_dir(build.path(f"adapter.pass{i}")) as tmp:
+                shutil.copytree(old / f"adapter.pass{i}", tmp, dirs_exist_ok=True)
+    write_json(build.path(LORA_RECORD), {"from": str(old.resolve()), "key": recipe["key"], "passes": taken})
+    log(f"reuse: the base answers and LoRA passes {taken} taken from {old}")
+    return len(taken)

@@ -273,8 +273,11 @@ def test_probes_take_unpaired_jailbreaks_unless_they_rephrase_a_training_prompt(
 
 
 def test_the_organisms_unpaired_jailbreaks_are_its_tense_rephrasings():
+    from refusal_lens.organism import manifest
+
     unpaired = jailbreaks.organism_unpaired()
-    assert len(unpaired) == 121
+    attacks = manifest()["metrics"]["attacks"]
+    assert len(unpaired) == attacks["past-tense"]["answered"]["k"] + attacks["future-tense"]["answered"]["k"] > 0
     assert {p.meta["attack"] for p in unpaired} == {"past-tense", "future-tense"}
     assert len({p.id for p in unpaired}) == len(unpaired)
 
