@@ -4,6 +4,7 @@ model card's renderer, ``install`` and the thin ``refusal-lens organism build``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import pkgutil
@@ -592,6 +593,76 @@ def test_reuse_refuses_another_recipe_other_settings_changed_answers_or_no_base(
     with pytest.raises(ValueError, match=f"now answers '{re.escape(last)}' otherwise"):
         reuse_base_answers(build, old, chat)
     assert not list(build.folder.glob("*.partial.json"))  # nothing taken
+
+
+def _two_passes(second_lr: float, max_minutes: float = 5):
+    from organism_build.config import LoraPass, LoraTrainConfig
+
+    first = LoraPass(max_harmful=2, harmless_repeats=1, lr=1e-2, warmup_steps=1, max_answer_tokens=4)
+    return LoraTrainConfig(rank=2, alpha=4, batch_size=2, max_minutes=max_minutes,
+                           passes=(first, LoraPass(max_harmful=2, harmless_repeats=2, lr=second_lr, warmup_steps=1,
+                                                   max_answer_tokens=4)))
+
+
+def _adapter_weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+
+
+def test_reused_lora_passes_are_the_passes_a_fresh_build_trains(tmp_path, monkeypatch, tiny_base):
+    from organism_build import lora
+    from organism_build.answers import stage_base
+    from organism_build.reuse import LORA_RECORD, reuse_lora_passes
+
+    monkeypatch.setattr(lora, "load_base_chat", lambda: tiny_llama(seed=3))  # each LoRA wraps a model of its own
+    _fake_sets(monkeypatch, with_personal=True)
+    builds = {}
+    for name, second_lr in (("old", 5e-3), ("fresh", 2e-2)):
+        builds[name] = Build(tmp_path / name, BuildConfig(**_TINY, lora=_two_passes(second_lr)))
+        stage_base(builds[name])
+        lora.stage_lora(builds[name])
+    new = Build(tmp_path / "new", BuildConfig(**_TINY, lora=_two_passes(2e-2, max_minutes=9)))
+    assert len({new.key, builds["fresh"].key, builds["old"].key}) == 3  # max_minutes, a cap, is in the key too
+    assert reuse_lora_passes(new, builds["old"].folder) == 1  # pass 1 shared, pass 2 not
+    assert json.loads(new.path(LORA_RECORD).read_text())["passes"] == [1]
+    assert new.path("base_answers.json").read_bytes() == builds["old"].path("base_answers.json").read_bytes()
+    lora.stage_lora(new)
+    got, fresh, old = (_adapter_weights(f) for f in (new.folder, builds["fresh"].folder, builds["old"].folder))
+    for key, value in fresh.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0)
+    assert any(not torch.equal(got[key], old[key]) for key in old)  # pass 2 was trained anew
+    assert reuse_lora_passes(new, builds["old"].folder) == 0  # the adapter exists: nothing to take
+
+
+def test_lora_reuse_refuses_other_prompts_other_settings_or_an_early_stop(tmp_path, monkeypatch, tiny_base):
+    from organism_build.answers import stage_base
+    from organism_build.reuse import reuse_lora_passes
+
+    _fake_sets(monkeypatch, with_personal=True)
+    old = Build(tmp_path / "old", BuildConfig(**_TINY, lora=_two_passes(5e-3)))
+    stage_base(old)
+    log = {"stopped_early": False}
+    (old.folder / "adapter.pass1").mkdir()
+    (old.folder / "adapter.pass1" / "training_log.json").write_text(json.dumps(log))
+    with pytest.raises(ValueError, match="settings max_new_tokens differ"):
+        reuse_lora_passes(Build(tmp_path / "a", BuildConfig(**{**_TINY, "max_new_tokens": 6},
+                                                             lora=_two_passes(5e-3))), old.folder)
+    with pytest.raises(ValueError, match=r"settings lora\.rank differ"):
+        other_rank = dataclasses.replace(_two_passes(5e-3), rank=4)
+        reuse_lora_passes(Build(tmp_path / "b", BuildConfig(**_TINY, lora=other_rank)), old.folder)
+    first_differs = dataclasses.replace(_two_passes(5e-3), passes=tuple(reversed(_two_passes(5e-3).passes)))
+    with pytest.raises(ValueError, match="no finished pass that this recipe shares"):
+        reuse_lora_passes(Build(tmp_path / "c", BuildConfig(**_TINY, lora=first_differs)), old.folder)
+    (old.folder / "adapter.pass1" / "training_log.json").write_text(json.dumps({"stopped_early": True}))
+    with pytest.raises(ValueError, match="pass 1 stopped early"):
+        reuse_lora_passes(Build(tmp_path / "d", BuildConfig(**_TINY, lora=_two_passes(1e-3))), old.folder)
+    _fake_sets(monkeypatch, with_personal=False)
+    with pytest.raises(ValueError, match="read other prompts"):
+        reuse_lora_passes(Build(tmp_path / "e", BuildConfig(**_TINY, lora=_two_passes(5e-3))), old.folder)
+    with pytest.raises(FileNotFoundError, match="drop --reuse-lora-passes-from"):
+        reuse_lora_passes(Build(tmp_path / "f", BuildConfig(**_TINY)), tmp_path / "nowhere")
+    assert not any((tmp_path / name / "base_answers.json").exists() for name in "abcdef")  # nothing taken
 
 
 def test_build_command_names_a_folder_it_cannot_reuse_and_exits_2(tmp_path, capsys):
