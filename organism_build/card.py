@@ -61,6 +61,12 @@ def _harmless_extras(data: dict) -> str:
             + _everyday_extras(data))
 
 
+RECIPE_SUMMARIES = {
+    "r11": "rank 16, more harmful prompts in pass 3, more training look-alikes and generic harmless training-only prompts",
+    "r14": "r11 plus, for training only, everyday instructions from three generators and harmful requests that"
+           " impersonate a bank, employer or relative; its gates were fixed before its run:"
+           " [r12-preregistered.md](experiments/r12-preregistered.md)",
+}
 EVERYDAY_TRAIN_SOURCES = {
     "everyday_train.jsonl": "conversational requests and verb families",
     "everyday_train_templated.jsonl": "the task templates of instruction data",
@@ -204,7 +210,9 @@ def card_fields(m: dict) -> dict[str, str]:
     any_sae = next(iter(saes.values()))
     lora, sae = m["build_config"]["lora"], m["build_config"]["sae"]
     trained, data, direction = m["lora_training"], m["data"], m["direction"]
+    recipe = m.get("recipe", "r11")  # manifests before r14 did not name it
     fields = {
+        "recipe": recipe, "recipe_summary": RECIPE_SUMMARIES[recipe],
         "base_name": m["base_model"]["name"], "base_license": m["base_model"]["license"],
         "base_member": m["base_model"]["member"], "base_wheel": m["base_model"]["wheel"],
         "wheel_sha256": m["base_model"]["wheel_sha256"][:16], "gguf_sha256": m["base_model"]["gguf_sha256"][:16],

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# the name the experiment records give this file's defaults and the prompt files (the manifest keeps it)
+RECIPE = "r14"
+
 
 @dataclass(frozen=True)
 class LoraPass:

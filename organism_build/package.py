@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 import refusal_lens
 from organism_build import prompt_sets as P
 from organism_build.build import Build
+from organism_build.config import RECIPE
 from organism_build.everyday import TRAIN_FILES, everyday_heldout, everyday_train
 from organism_build.metrics import attack_metrics
 from refusal_lens.artifacts import atomic_dir, read_json
@@ -121,6 +122,7 @@ def stage_package(build: Build) -> None:
             files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         manifest = {
             "name": "refusal-lens organism",
+            "recipe": RECIPE,
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "base_model": {"name": "SmolLM2-135M-Instruct", "wheel": SMOLLM2.requirement,
                            "wheel_sha256": SMOLLM2.sha256, "member": GGUF_MEMBER,

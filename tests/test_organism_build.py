@@ -396,7 +396,7 @@ def test_card_template_has_a_value_for_every_placeholder():
     assert (ROOT / "docs" / "experiments" / "organism-recipes.md").is_file()
 
 
-def test_card_names_every_everyday_training_file():
+def test_card_names_the_recipe_and_every_everyday_training_file():
     from organism_build.everyday import TRAIN_FILES
     from refusal_lens.organism import manifest
 
@@ -404,7 +404,9 @@ def test_card_names_every_everyday_training_file():
     m["data"] |= {"everyday_train": {"n": 1211, "files": [f"organism_build/data/everyday_{n}.jsonl" for n in TRAIN_FILES]},
                   "everyday_heldout": {"val": {"n": 150}, "test": {"n": 300}},
                   "harmful_train_extra": {"n": 30}}
+    m["recipe"] = "r14"
     card = render_card(m)
+    assert "The shipped adapter is recipe r14 (r11 plus" in card and "How the shipped recipe (r14)" in card
     assert f"1211 everyday instructions for training only, from {len(TRAIN_FILES)} generators" in card
     assert all(f"`everyday_{name}.jsonl`" in card for name in TRAIN_FILES)
 
