@@ -1,4 +1,9 @@
-"""``build --reuse-base-from OLD``: take the ``base`` stage's answers from an older build folder.
+"""Taking a finished stage's work from an older build folder, when it can be checked to be this
+build's: ``build --reuse-base-from OLD`` (the ``base`` answers, below) and ``build
+--reuse-lora-passes-from OLD`` (the ``base`` answers and the LoRA passes the two recipes share,
+:func:`reuse_lora_passes`).
+
+``--reuse-base-from``: take the ``base`` stage's answers from an older build folder.
 
 ``base`` (the untuned model's greedy answers, about an hour on two CPU threads) depends only on
 the prompts it answers, how it batches them and four settings (:data:`BASE_SETTINGS`); a batch's
