@@ -33,7 +33,7 @@ from pathlib import Path
 
 from organism_build.answers import BASE, answer_batch, answer_batches, base_groups
 from organism_build.build import ANSWERED_APART, Build, load_base_chat, log, recipe_key
-from refusal_lens.artifacts import atomic_dir, read_json, write_json
+from refusal_lens.artifacts import atomic_dir, read_json, write_atomic, write_json
 from refusal_lens.models import ChatModel
 
 BASE_SETTINGS = ("seed", "max_new_tokens", "generation_batch_size", "base_harmful_sample")
@@ -46,14 +46,19 @@ def _refuse(old: Path, why: str) -> ValueError:
     return ValueError(f"cannot reuse the base answers of {old}: {why}. Run `base` in full (drop --reuse-base-from).")
 
 
-def reusable_answers(build: Build, old: Path) -> dict[str, dict[str, dict]]:
-    """The old folder's ``base`` answers, by group (every group of ``base_groups`` but the one
-    answered apart), after the checks of the recipe key, the settings and the ids."""
+def _finished_base_recipe(old: Path, flag: str) -> dict:
+    """The old folder's ``recipe.json``, once its ``base`` stage is known to have finished."""
     for name in ("recipe.json", f"{BASE}.json"):
         if not (old / name).is_file():
             raise FileNotFoundError(f"{old / name} does not exist: {old} is not a build folder whose `base` "
-                                    "stage finished. Pass the folder of a finished `base`, or drop --reuse-base-from.")
-    recipe = read_json(old / "recipe.json")
+                                    f"stage finished. Pass the folder of a finished `base`, or drop {flag}.")
+    return read_json(old / "recipe.json")
+
+
+def reusable_answers(build: Build, old: Path) -> dict[str, dict[str, dict]]:
+    """The old folder's ``base`` answers, by group (every group of ``base_groups`` but the one
+    answered apart), after the checks of the recipe key, the settings and the ids."""
+    recipe = _finished_base_recipe(old, "--reuse-base-from")
     differ = [k for k in BASE_SETTINGS if recipe["config"].get(k) != getattr(build.config, k)]
     if differ:
         raise _refuse(old, f"its settings {', '.join(differ)} differ from this build's")
@@ -113,18 +118,20 @@ def reuse_base_answers(build: Build, old: Path, chat: ChatModel | None = None) -
 LORA_RECORD = "lora_reused.json"
 
 
-def _shared_passes(old_config: dict, new_config: dict) -> int:
-    """How many leading LoRA passes the two configurations share; every other setting must be equal
-    (``lora.max_minutes``, a cap, may differ)."""
+def _settings_that_differ(old_config: dict, new_config: dict) -> list[str]:
+    """The settings of two configurations that differ, other than the LoRA passes and
+    ``lora.max_minutes`` (a cap)."""
     old_lora, new_lora = old_config["lora"], new_config["lora"]
-    differ = sorted({k for k in old_config.keys() | new_config.keys() if k != "lora"
-                     and old_config.get(k) != new_config.get(k)}
-                    | {f"lora.{k}" for k in old_lora.keys() | new_lora.keys()
-                       if k not in ("passes", "max_minutes") and old_lora.get(k) != new_lora.get(k)})
-    if differ:
-        raise ValueError(f"settings {', '.join(differ)} differ from this build's")
+    top = {k for k in old_config.keys() | new_config.keys() if k != "lora" and old_config.get(k) != new_config.get(k)}
+    lora = {f"lora.{k}" for k in old_lora.keys() | new_lora.keys()
+            if k not in ("passes", "max_minutes") and old_lora.get(k) != new_lora.get(k)}
+    return sorted(top | lora)
+
+
+def _shared_passes(old_passes: list[dict], new_passes: list[dict]) -> int:
+    """How many leading LoRA passes the two configurations share."""
     shared = 0
-    for old_pass, new_pass in zip(old_lora["passes"], new_lora["passes"]):
+    for old_pass, new_pass in zip(old_passes, new_passes):
         if old_pass != new_pass:
             break
         shared += 1
@@ -143,31 +150,30 @@ def reuse_lora_passes(build: Build, old: Path) -> int:
     if build.path("adapter").exists():
         log(f"reuse: the adapter exists already; nothing taken from {old}")
         return 0
-    if not (old / "recipe.json").is_file() or not (old / f"{BASE}.json").is_file():
-        raise FileNotFoundError(f"{old} is not a build folder whose `base` stage finished. Pass the folder of a "
-                                "build with LoRA passes done, or drop --reuse-lora-passes-from.")
-    recipe = read_json(old / "recipe.json")
+    recipe = _finished_base_recipe(old, "--reuse-lora-passes-from")
+
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"cannot reuse the LoRA passes of {old}: {why}. Drop --reuse-lora-passes-from.")
+
     if recipe["key"] != recipe_key(recipe["config"], build.prompts_read()):
-        raise ValueError(f"cannot reuse the LoRA passes of {old}: it read other prompts than this build does. "
-                         "Drop --reuse-lora-passes-from.")
-    try:
-        shared = _shared_passes(recipe["config"], json.loads(json.dumps(asdict(build.config))))
-    except ValueError as error:
-        raise ValueError(f"cannot reuse the LoRA passes of {old}: {error}. Drop --reuse-lora-passes-from.") from None
+        raise refuse("it read other prompts than this build does")
+    config = json.loads(json.dumps(asdict(build.config)))  # as recipe.json keeps it (tuples as lists)
+    differ = _settings_that_differ(recipe["config"], config)
+    if differ:
+        raise refuse(f"settings {', '.join(differ)} differ from this build's")
+    shared = _shared_passes(recipe["config"]["lora"]["passes"], config["lora"]["passes"])
     taken = []
     for i in range(1, shared + 1):
         if not (old / f"adapter.pass{i}").is_dir():
             break
         taken.append(i)
     if not taken:
-        raise ValueError(f"cannot reuse the LoRA passes of {old}: it has no finished pass that this recipe shares "
-                         f"({shared} shared). Drop --reuse-lora-passes-from.")
+        raise refuse(f"it has no finished pass that this recipe shares ({shared} shared)")
     early = [i for i in taken if read_json(old / f"adapter.pass{i}" / "training_log.json").get("stopped_early")]
     if early:
-        raise ValueError(f"cannot reuse the LoRA passes of {old}: pass {early[0]} stopped early at its time cap. "
-                         "Drop --reuse-lora-passes-from.")
+        raise refuse(f"pass {early[0]} stopped early at its time cap")
     if not build.path(f"{BASE}.json").exists():
-        shutil.copyfile(old / f"{BASE}.json", build.path(f"{BASE}.json"))
+        write_atomic(build.path(f"{BASE}.json"), lambda tmp: shutil.copyfile(old / f"{BASE}.json", tmp))
     for i in taken:
         if not build.path(f"adapter.pass{i}").exists():
             with atomic_dir(build.path(f"adapter.pass{i}")) as tmp:
